@@ -1,0 +1,88 @@
+"""A small table of results: rows of values, printed as aligned text and rendered as HTML.
+
+Every table in the book (format comparisons, QSNR grids, benchmark results) is a `Table`, so a
+chapter shows exactly what a function returned and a test can read the same rows.
+"""
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Iterable, Sequence
+
+
+def _fmt(v: Any, digits: int) -> str:
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 1e6 or abs(v) < 10 ** -digits):
+            return f"{v:.{digits}g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+class Table:
+    """Rows (sequences or dicts) under named columns; floats shown with `digits` decimals."""
+
+    def __init__(self, columns: Sequence[str], rows: Iterable[Sequence[Any] | dict] = (),
+                 title: str | None = None, digits: int = 4):
+        self.columns = list(columns)
+        self.rows: list[list[Any]] = []
+        self.title = title
+        self.digits = digits
+        for r in rows:
+            self.append(r)
+
+    def append(self, row: Sequence[Any] | dict) -> None:
+        if isinstance(row, dict):
+            row = [row.get(c) for c in self.columns]
+        if len(row) != len(self.columns):
+            raise ValueError(f"row has {len(row)} values but the table has {len(self.columns)} "
+                             f"columns {self.columns}")
+        self.rows.append(list(row))
+
+    def column(self, name: str) -> list[Any]:
+        """The values of one column, in row order."""
+        i = self.columns.index(name)
+        return [r[i] for r in self.rows]
+
+    def to_dicts(self) -> list[dict]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+    def _cells(self) -> list[list[str]]:
+        return [[_fmt(v, self.digits) for v in r] for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __str__(self) -> str:
+        cells = self._cells()
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(self.columns)]
+        numeric = [all(isinstance(r[i], (int, float)) and not isinstance(r[i], bool)
+                       for r in self.rows if r[i] is not None) for i in range(len(self.columns))]
+
+        def line(vals):
+            return "  ".join(v.rjust(w) if num else v.ljust(w)
+                             for v, w, num in zip(vals, widths, numeric)).rstrip()
+
+        out = [self.title] if self.title else []
+        out += [line(self.columns), "  ".join("-" * w for w in widths)]
+        out += [line(r) for r in cells]
+        return "\n".join(out)
+
+    __repr__ = __str__
+
+    def to_markdown(self) -> str:
+        out = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        out += ["| " + " | ".join(r) + " |" for r in self._cells()]
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
+                       for r in self._cells())
+        cap = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
+        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
