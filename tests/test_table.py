@@ -1,0 +1,32 @@
+import pytest
+
+from quantlib.table import Table
+
+
+def test_rows_from_sequences_and_dicts_and_text_alignment():
+    t = Table(["format", "bits", "max"], title="t")
+    t.append(["e4m3", 8, 448.0])
+    t.append({"format": "e2m1", "bits": 4, "max": 6.0})
+    assert t.column("bits") == [8, 4]
+    assert t.to_dicts()[1] == {"format": "e2m1", "bits": 4, "max": 6.0}
+    lines = str(t).splitlines()
+    assert lines[0] == "t"
+    assert lines[3].endswith("448.0000") and lines[4].endswith("  6.0000")
+    assert len(t) == 2
+
+
+def test_large_small_and_special_floats():
+    t = Table(["v"], [[3.4028e38], [2.0 ** -149], [float("nan")], [0.0]], digits=3)
+    cells = [r[0] for r in t._cells()]
+    assert cells == ["3.4e+38", "1.4e-45", "nan", "0.000"]
+
+
+def test_wrong_row_length_is_a_clear_error():
+    with pytest.raises(ValueError, match="2 values but the table has 3 columns"):
+        Table(["a", "b", "c"], [[1, 2]])
+
+
+def test_html_and_markdown_escape_and_render():
+    t = Table(["a<b"], [["x&y"]], title="T")
+    assert "a&lt;b" in t._repr_html_() and "x&amp;y" in t._repr_html_()
+    assert t.to_markdown().splitlines()[0] == "| a<b |"
