@@ -1,0 +1,40 @@
+"""Memory math and measured memory: parameter counts, inference and KV-cache bytes by format,
+training memory by component and strategy, sharding across GPUs, and a tracker that measures a
+real training step (plus FSDP2 on CPU ranks) to check the predictions.
+
+- config.py: `ModelConfig` (from a Hugging Face config.json dict), presets, `param_count`
+- inference.py: storage formats with block-scale overhead, `inference_memory`, `kv_cache_memory`
+- activations.py: the tensors a Llama block saves for backward (Korthikanti et al. 2022's method)
+- training.py: `training_memory` for PTQ/QAT/QT, DP/ZeRO-1/2/3/FSDP
+- model.py, tracker.py, fsdp.py: the measured side
+- plots.py: the chapter's figures (matplotlib, imported on use)
+"""
+from quantlib.memory.config import (PRESETS, ModelConfig, get_config, linear_param_count,
+                                    param_breakdown, param_count, preset_table)
+from quantlib.memory.units import GB, GiB, format_bytes, to_unit
+from quantlib.memory.inference import (STORAGE_FORMATS, InferenceMemory, StorageFormat,
+                                       bits_per_element, inference_memory, inference_table,
+                                       kv_cache_memory, kv_cache_table, scale_overhead_table,
+                                       storage_format)
+from quantlib.memory.activations import (SavedTensor, activation_memory, activation_table,
+                                         layer_activation_memory, saved_tensors)
+from quantlib.memory.training import (OPTIMIZERS, SHARDING, STRATEGIES, TrainingMemory,
+                                      bytes_per_parameter, optimizer_state_bytes,
+                                      sharding_table, strategy_table, training_memory)
+from quantlib.memory.model import LlamaDecoder, build_model
+from quantlib.memory.tracker import (MeasuredMemory, compare_table, cuda_peak_memory,
+                                     cuda_peak_table, measure_training_step,
+                                     predicted_vs_measured, storage_bytes)
+from quantlib.memory.fsdp import fsdp_table, measure_fsdp
+
+__all__ = ["PRESETS", "ModelConfig", "get_config", "linear_param_count", "param_breakdown",
+           "param_count", "preset_table", "GB", "GiB", "format_bytes", "to_unit",
+           "STORAGE_FORMATS", "InferenceMemory", "StorageFormat", "bits_per_element",
+           "inference_memory", "inference_table", "kv_cache_memory", "kv_cache_table",
+           "scale_overhead_table", "storage_format", "SavedTensor", "activation_memory",
+           "activation_table", "layer_activation_memory", "saved_tensors", "OPTIMIZERS",
+           "SHARDING", "STRATEGIES", "TrainingMemory", "bytes_per_parameter",
+           "optimizer_state_bytes", "sharding_table", "strategy_table", "training_memory",
+           "LlamaDecoder", "build_model", "MeasuredMemory", "compare_table", "cuda_peak_memory",
+           "cuda_peak_table", "measure_training_step", "predicted_vs_measured", "storage_bytes",
+           "fsdp_table", "measure_fsdp"]

@@ -1,0 +1,183 @@
+"""Training memory by component, for each strategy (PTQ, QAT, QT), on N GPUs.
+
+Strategies (P parameters, P_lin of them in the decoder's linear layers):
+- "fp32": FP32 weights (4P), gradients (4P), Adam states (8P); FP32 activations.
+- "bf16": everything in BF16, Adam states too (2P + 2P + 4P); no master copy.
+- "ptq": train in BF16 mixed precision, quantize after training (PTQ adds nothing here): BF16
+  weights and gradients, FP32 master weights and Adam states: 2 + 2 + (4 + 4 + 4) = 16 bytes per
+  parameter (the ZeRO paper's 2 + 2 + K, K = 12), BF16 activations.
+- "qat": "ptq" plus fake quantization (as torch's fake-quantize ops and `quantlib.nn.qat` do it):
+  each linear weight's fake-quantized BF16 copy and a 1-byte clipping mask for the
+  straight-through estimator are saved for backward (3 bytes per linear weight); each linear
+  keeps the fake-quantized copy of its input, plus a 1-byte mask per element. The scales are
+  recomputed each step and not kept (0).
+- "qt": quantized (FP8) training, TransformerEngine-style: "ptq" plus a `fmt` copy of each linear
+  weight (1 byte for FP8), linear inputs saved for backward in `fmt` instead of BF16, plus their
+  scales (kept for the backward GEMMs).
+
+Sharding across N GPUs (Rajbhandari et al. 2020, ZeRO): "dp" replicates everything; "zero1"
+shards the optimizer states (master weights included: they live in the optimizer); "zero2" also
+the gradients; "zero3" and "fsdp" (FULL_SHARD, e.g. FSDP2 `fully_shard`) also the weights, and
+all-gather one layer's weights at a time (`gather_buffer`). Activations are per GPU for its own
+micro-batch and are not sharded; nor are the quantized weight copies, which are made from the
+gathered weights and kept for backward.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from quantlib.memory.activations import activation_memory
+from quantlib.memory.config import ModelConfig, _as_config, param_breakdown, param_count
+from quantlib.memory.inference import storage_format
+from quantlib.memory.units import to_unit
+from quantlib.table import Table
+
+STRATEGIES = ("fp32", "bf16", "ptq", "qat", "qt")
+OPTIMIZERS = ("adam", "adam8bit", "sgd")
+SHARDING = ("dp", "zero1", "zero2", "zero3", "fsdp")
+# bitsandbytes-style 8-bit Adam (Dettmers et al. 2022): 1 byte per state element plus one FP32
+# absmax per block of 2048, for each of the two states.
+ADAM8BIT_BLOCK = 2048
+
+# (weight bytes, master bytes, gradient bytes, activation bytes) per strategy
+_PRECISION = {"fp32": (4, 0, 4, 4), "bf16": (2, 0, 2, 2), "ptq": (2, 4, 2, 2),
+              "qat": (2, 4, 2, 2), "qt": (2, 4, 2, 2)}
+
+
+@dataclass(frozen=True)
+class TrainingMemory:
+    """Bytes per GPU during training, by component (ints). `total` is their sum."""
+    strategy: str
+    optimizer: str
+    sharding: str
+    n_gpus: int
+    weights: int
+    master_weights: int
+    gradients: int
+    optimizer_states: int
+    weight_copies: int        # QAT fake-quantized / QT low-precision copies of linear weights
+    activations: int
+    quantization_scales: int
+    gather_buffer: int        # ZeRO-3/FSDP: one layer's all-gathered weights
+
+    COMPONENTS = ("weights", "master_weights", "gradients", "optimizer_states", "weight_copies",
+                  "activations", "quantization_scales", "gather_buffer")
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, c) for c in self.COMPONENTS)
+
+    def as_dict(self) -> dict[str, int]:
+        return {c: getattr(self, c) for c in self.COMPONENTS}
+
+
+def _linear_weights(c: ModelConfig) -> int:
+    """Weight elements of the decoder's linear layers (biases are not quantized)."""
+    return c.num_hidden_layers * c.hidden_size * (2 * c.q_dim + 2 * c.kv_dim
+                                                  + 3 * c.intermediate_size)
+
+
+def _check_choice(kind, value, valid):
+    if value not in valid:
+        raise ValueError(f"unknown {kind} {value!r}; valid: {', '.join(valid)}")
+
+
+def optimizer_state_bytes(n_params: int, optimizer: str = "adam", state_bytes: int = 4) -> int:
+    """Adam keeps two states per parameter (m, v) in `state_bytes` each; 8-bit Adam 1 byte each
+    plus an FP32 absmax per block of 2048; plain SGD none."""
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    if optimizer == "adam":
+        return 2 * n_params * state_bytes
+    if optimizer == "adam8bit":
+        return 2 * (n_params + 4 * math.ceil(n_params / ADAM8BIT_BLOCK))
+    return 0
+
+
+def bytes_per_parameter(strategy: str = "ptq", optimizer: str = "adam") -> float:
+    """Weights + master weights + gradients + optimizer states per parameter, before activations
+    ("ptq" with Adam: 2 + 4 + 2 + 8 = 16, the ZeRO paper's count)."""
+    _check_choice("strategy", strategy, STRATEGIES)
+    w, m, g, _ = _PRECISION[strategy]
+    n = 1_000_000 * ADAM8BIT_BLOCK
+    state = 2 if strategy == "bf16" else 4
+    return w + m + g + optimizer_state_bytes(n, optimizer, state) / n
+
+
+def training_memory(config: ModelConfig | str, strategy: str = "ptq", batch_size: int = 1,
+                    seq_len: int = 2048, optimizer: str = "adam", recompute: bool = False,
+                    fmt: str = "FP8", n_gpus: int = 1, sharding: str = "dp",
+                    norm: str = "fused") -> TrainingMemory:
+    """Bytes per GPU for one training step of `config` (batch_size = micro-batch per GPU).
+
+    `fmt` is the format of QT's weight copies and saved inputs ("FP8", "MXFP8", "NVFP4", ...);
+    their block scales are the quantization_scales. (QAT's fake-quantized copies are BF16 whatever
+    the format, and its scales are not kept.) `norm`: "fused" or "unfused" RMSNorm (see
+    `quantlib.memory.activations`).
+    """
+    c = _as_config(config)
+    _check_choice("strategy", strategy, STRATEGIES)
+    _check_choice("sharding", sharding, SHARDING)
+    if isinstance(n_gpus, bool) or not isinstance(n_gpus, int) or n_gpus <= 0:
+        raise ValueError(f"n_gpus must be a positive int, got {n_gpus!r}")
+    q = storage_format(fmt)
+    activations_kw = {}
+    if strategy == "qat":
+        activations_kw = dict(fake_quant=True)
+    elif strategy == "qt":
+        activations_kw = dict(linear_input_bytes=q.element_bits / 8)
+    w, m, g, a = _PRECISION[strategy]
+    activations = activation_memory(c, batch_size, seq_len, activation_bytes=a,
+                                    recompute=recompute, norm=norm, **activations_kw)
+    P, P_lin = param_count(c), _linear_weights(c)
+    copies = scales = 0
+    if strategy == "qat" and not recompute:
+        # Saved for backward like activations; with recomputation they are re-made per layer.
+        copies = (w + 1) * P_lin
+    elif strategy == "qt" and not recompute:
+        copies = q.element_bytes(P_lin)
+        linear_inputs = batch_size * seq_len * c.num_hidden_layers * (
+            5 * c.hidden_size + c.q_dim + c.intermediate_size)   # q, k, v, gate, up read h
+        scales = q.scale_bytes(P_lin) + q.scale_bytes(linear_inputs)
+
+    def div(x):
+        return math.ceil(x / n_gpus)
+
+    level = SHARDING.index(sharding)  # dp 0, zero1 1, zero2 2, zero3/fsdp 3 and 4
+    b = param_breakdown(c)
+    layer_params = (b["attention"] + b["mlp"]) // c.num_hidden_layers + 2 * c.hidden_size
+    return TrainingMemory(
+        strategy, optimizer, sharding, n_gpus,
+        weights=div(w * P) if level >= 3 else w * P,
+        master_weights=div(m * P) if level >= 1 else m * P,
+        gradients=div(g * P) if level >= 2 else g * P,
+        optimizer_states=(div if level >= 1 else int)(
+            optimizer_state_bytes(P, optimizer, 2 if strategy == "bf16" else 4)),
+        weight_copies=copies, activations=activations, quantization_scales=scales,
+        gather_buffer=w * layer_params if level >= 3 and n_gpus > 1 else 0)
+
+
+def _gb_row(m: TrainingMemory) -> list[float]:
+    return [to_unit(getattr(m, c)) for c in TrainingMemory.COMPONENTS] + [to_unit(m.total)]
+
+
+def strategy_table(config: ModelConfig | str, strategies=("ptq", "qat", "qt"), **kw) -> Table:
+    """GB (10^9 bytes) per component for each strategy (keyword arguments: `training_memory`)."""
+    c = _as_config(config)
+    t = Table(["strategy", *[f.replace("_", " ") for f in TrainingMemory.COMPONENTS], "total"],
+              title=f"{c.name}: training memory per GPU, GB", digits=2)
+    for s in strategies:
+        t.append([s, *_gb_row(training_memory(c, s, **kw))])
+    return t
+
+
+def sharding_table(config: ModelConfig | str, strategy: str = "ptq",
+                   n_gpus=(1, 2, 4, 8, 16, 64), schemes=SHARDING, **kw) -> Table:
+    """Total GB per GPU for each sharding scheme (rows) and GPU count (columns)."""
+    c = _as_config(config)
+    t = Table(["scheme", *[f"N={n}" for n in n_gpus]],
+              title=f"{c.name} ({strategy}): GB per GPU", digits=2)
+    for s in schemes:
+        t.append([s, *[to_unit(training_memory(c, strategy, n_gpus=n, sharding=s, **kw).total)
+                       for n in n_gpus]])
+    return t

@@ -1,0 +1,193 @@
+"""The quantized tensor and the one entry point, `quantize(x, recipe)`.
+
+A `QuantizedTensor` holds what a checkpoint or a kernel needs: uint8 codes (4-bit codes packed
+two per byte, element 2i in the low nibble), the stored scales (float32, or uint8 E8M0/E4M3
+codes), the NVFP4 tensor scale, the zero point of asymmetric INT, the recipe, and the original
+shape and dtype. The arithmetic is the one written out in `quantlib.recipes`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from quantlib.codecs import decode, encode
+from quantlib.packing import pack_nibbles, unpack_nibbles
+from quantlib.recipes import Recipe, get_recipe, padded_last_dim
+from quantlib.scaling import (blocked, compute_scale, e8m0_values, mx_element, pad_to_blocks,
+                              scale_shape)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+           "float64": torch.float64}
+
+
+def _fixed_point(recipe) -> float:
+    """MX integer elements are fixed point: INT8 codes count 2^-6 steps."""
+    return 2.0 ** mx_element(recipe.format)[2] if recipe.mx_int8 else 1.0
+
+
+@dataclass(eq=False)
+class QuantizedTensor:
+    """Codes + scales (+ tensor scale, zero point) of one tensor under one recipe."""
+
+    codes: torch.Tensor                 # uint8, (*shape[:-1], Kp) or packed (*shape[:-1], Kp/2)
+    scales: torch.Tensor                # float32, or uint8 codes (E8M0 bytes, E4M3 codes)
+    recipe: Recipe
+    shape: torch.Size                   # the original shape (before padding)
+    dtype: torch.dtype = torch.float32  # the original dtype
+    tensor_scale: torch.Tensor | None = None   # NVFP4's FP32 tensor scale (0-d)
+    zero_point: torch.Tensor | None = None     # asymmetric INT: uint8, shape of scales
+
+    # ---- values -----------------------------------------------------------------------------
+    def scale_values(self) -> torch.Tensor:
+        """The stored scales as float32 (E8M0 -> 2^(b-127), E4M3 codes decoded; NVFP4's block
+        scales without the tensor scale)."""
+        sf = self.recipe.scale_format
+        if sf == "e8m0":
+            return e8m0_values(self.scales)
+        if sf == "e4m3":
+            return decode(self.scales, "e4m3")
+        return self.scales
+
+    def _codes_unpacked(self) -> torch.Tensor:
+        kp = padded_last_dim(self.recipe, tuple(self.shape) or (1,))
+        if self.recipe.format.bits == 4:
+            return unpack_nibbles(self.codes)[..., :kp]
+        return self.codes
+
+    def _apply(self, v: torch.Tensor, fn) -> torch.Tensor:
+        """fn(blocked values, keepdim scale shape) on the padded code grid, cropped to shape."""
+        r, shape = self.recipe, tuple(self.shape) or (1,)
+        m = v.numel() // v.shape[-1]
+        if r.granularity == "block2d" and (m % r.block[0]):
+            v = torch.nn.functional.pad(v.reshape(m, -1), (0, 0, 0, -m % r.block[0]))
+        vb, dims = blocked(v, r)
+        keep = tuple(1 if d in dims else n for d, n in enumerate(vb.shape))
+        out = fn(vb, keep).reshape(-1, v.shape[-1])[:m]
+        return out[:, :shape[-1]].reshape(self.shape)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """x ~= decode(codes) * scale, in float32, then cast to `dtype`."""
+        r = self.recipe
+        if self.numel == 0:
+            return torch.zeros(self.shape, dtype=dtype, device=self.device)
+        s = self.scale_values()
+        if r.scale_format == "e4m3":
+            s = s * self.tensor_scale
+
+        def scaled(vb, keep):
+            if r.asymmetric:
+                vb = vb - self.zero_point.to(torch.float32).reshape(keep)
+            if r.mx_int8:
+                vb = vb * (1.0 / _fixed_point(r))
+            return vb * s.reshape(keep)
+
+        return self._apply(decode(self._codes_unpacked(), r.format), scaled).to(dtype)
+
+    def element_scales(self) -> torch.Tensor:
+        """The dequantization scale of every element (float32, x.shape): what one code step of
+        value 1 is worth there (NVFP4: block scale x tensor scale; MX INT8: 2^-6 x scale)."""
+        r = self.recipe
+        s = self.scale_values()
+        if r.scale_format == "e4m3":
+            s = s * self.tensor_scale
+        s = s / _fixed_point(r)
+        if self.numel == 0:
+            return torch.zeros(self.shape, device=self.device)
+        ones = torch.ones(self._codes_unpacked().shape, device=self.device)
+        return self._apply(ones, lambda vb, keep: vb * s.reshape(keep))
+
+    # ---- size -------------------------------------------------------------------------------
+    @property
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes stored: codes, scales, tensor scale and zero point."""
+        parts = [self.codes, self.scales, self.tensor_scale, self.zero_point]
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+    @property
+    def bits_per_element(self) -> float:
+        """Stored bits per original element, scales included (NVFP4 ~4.5, MXFP4 ~4.25)."""
+        return 8 * self.nbytes / max(self.numel, 1)
+
+    # ---- moving and saving ------------------------------------------------------------------
+    def to(self, device) -> "QuantizedTensor":
+        """The same quantized tensor on another device."""
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return dataclasses.replace(self, codes=mv(self.codes), scales=mv(self.scales),
+                                   tensor_scale=mv(self.tensor_scale),
+                                   zero_point=mv(self.zero_point))
+
+    @property
+    def device(self) -> torch.device:
+        return self.codes.device
+
+    def state_dict(self) -> dict:
+        """Tensors and plain values only (loads with torch.load(weights_only=True)); the
+        recipe's calibrator is not saved (it is not needed to dequantize)."""
+        rec = {f.name: getattr(self.recipe, f.name) for f in dataclasses.fields(self.recipe)
+               if f.name != "calibrator"}
+        sd = {"codes": self.codes, "scales": self.scales, "recipe": rec,
+              "shape": list(self.shape), "dtype": str(self.dtype).removeprefix("torch.")}
+        if self.tensor_scale is not None:
+            sd["tensor_scale"] = self.tensor_scale
+        if self.zero_point is not None:
+            sd["zero_point"] = self.zero_point
+        return sd
+
+    @classmethod
+    def from_state_dict(cls, sd: dict) -> "QuantizedTensor":
+        rec = dict(sd["recipe"])
+        if isinstance(rec.get("block"), list):
+            rec["block"] = tuple(rec["block"])
+        return cls(codes=sd["codes"], scales=sd["scales"], recipe=Recipe(**rec),
+                   shape=torch.Size(sd["shape"]), dtype=_DTYPES[sd["dtype"]],
+                   tensor_scale=sd.get("tensor_scale"), zero_point=sd.get("zero_point"))
+
+    def __repr__(self) -> str:
+        return (f"QuantizedTensor({self.recipe.name}, shape={tuple(self.shape)}, "
+                f"dtype={self.dtype}, codes={tuple(self.codes.shape)}, "
+                f"scales={tuple(self.scales.shape)} {self.scales.dtype}, "
+                f"bits/element={self.bits_per_element:.3f})")
+
+
+def quantize(x: torch.Tensor, recipe) -> QuantizedTensor:
+    """Quantize x with a recipe (a Recipe or a name such as "nvfp4", "mxfp4", "int4_g128")."""
+    recipe = get_recipe(recipe)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"quantize needs a torch.Tensor, got {type(x).__name__}: "
+                        f"use torch.as_tensor(x, dtype=torch.float32)")
+    if not x.is_floating_point():
+        raise TypeError(f"quantize needs a floating-point tensor, got {x.dtype}: "
+                        f"convert it first, e.g. x.float()")
+    shape, dtype = x.shape, x.dtype
+    xf = x.detach().to(torch.float32).reshape(tuple(shape) or (1,))
+    m = math.prod(xf.shape[:-1])                 # rows of the 2-D view
+    xp = pad_to_blocks(xf, recipe)
+    xb, dims = blocked(xp, recipe)
+    sc = compute_scale(xb, dims, recipe)
+    y = xb * sc["r"]
+    if sc["bad"].any():                                # codes 0 where the scale is NaN
+        y = torch.where(sc["bad"], 0.0, y)
+    fmt = recipe.format
+    if recipe.asymmetric:
+        q = (torch.round(y) + sc["zero_point"]).clamp(0, fmt.max).to(torch.uint8)
+    else:
+        if recipe.mx_int8:
+            y = y * _fixed_point(recipe)
+        q = encode(y, fmt, rounding="rne", overflow="saturate")
+    kp = xp.shape[-1]
+    q = q.reshape(math.prod(xp.shape[:-1]), kp)[:m].reshape(*xf.shape[:-1], kp)
+    if fmt.bits == 4:
+        q = pack_nibbles(torch.nn.functional.pad(q, (0, kp % 2)))   # odd K: one zero nibble
+    sshape = scale_shape(recipe, xf.shape)
+    zp = sc["zero_point"]
+    return QuantizedTensor(
+        codes=q, scales=sc["scales"].reshape(sshape), recipe=recipe, shape=shape, dtype=dtype,
+        tensor_scale=sc["tensor_scale"],
+        zero_point=None if zp is None else zp.reshape(sshape))

@@ -1,0 +1,265 @@
+"""Scales: who shares one (granularity), how big it is (amax, calibrators), how it is stored.
+
+The arithmetic is written out once, in `quantlib.recipes`' docstring; this module implements it
+on whole tensors at once (no Python loop over blocks). A scale is always a *dequantization*
+scale s (x ~= decode(q) * s), used for encoding through its float32 reciprocal r.
+
+Calibrator hook: a calibrator is any callable `calibrator(rows, dim) -> Tensor` that receives a
+float32 tensor `rows` of shape (n_scales, elements_per_scale), one row per scale, and returns the
+non-negative amax (clipping range) of each row, shape (n_scales,), reduced over `dim` (always
+-1). The default, `max_calibrator`, is max |x|; percentile or MSE-search calibrators (PTQ) plug in
+through `Recipe(calibrator=...)`. Asymmetric recipes use the group's min and max and ignore it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from quantlib.codecs import decode, encode
+from quantlib.formats import get_format
+
+FLT_MAX = torch.finfo(torch.float32).max
+
+
+def max_calibrator(rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """amax = max |x| of each row (NaN propagates): the default calibrator."""
+    return rows.abs().amax(dim)
+
+
+# ---- groups -------------------------------------------------------------------------------------
+def _block_dims(recipe) -> tuple[int, int]:
+    """(rows, cols) of a block in the 2-D view; cols only for 1-D groups."""
+    if recipe.granularity == "group":
+        return 1, recipe.block
+    if recipe.granularity == "block2d":
+        return recipe.block
+    return 1, 1
+
+
+def pad_to_blocks(x: torch.Tensor, recipe) -> torch.Tensor:
+    """x zero-padded to whole blocks (last dim; rows of the 2-D view too for 2-D blocks), or a
+    ValueError when the block does not divide the shape and `recipe.pad` is False."""
+    bh, bw = _block_dims(recipe)
+    k = x.shape[-1]
+    m = math.prod(x.shape[:-1])
+    pk, pm = -k % bw, (-m % bh if bh > 1 else 0)
+    if pk == 0 and pm == 0:
+        return x
+    if not recipe.pad:
+        what = f"block {bh}x{bw}" if bh > 1 else f"block {bw}"
+        raise ValueError(f"recipe {recipe.name!r}: {what} does not divide shape "
+                         f"{tuple(x.shape)}; pad the tensor, or use "
+                         f"dataclasses.replace(recipe, pad=True) to zero-pad to whole blocks")
+    x = torch.nn.functional.pad(x, (0, pk))
+    if pm:
+        x2 = torch.nn.functional.pad(x.reshape(m, -1), (0, 0, 0, pm))
+        return x2                    # 2-D blocks work on the 2-D view; rows cropped later
+    return x
+
+
+def blocked(x: torch.Tensor, recipe) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """View of a padded x in which each scale's elements span `dims` (keepdim scales broadcast)."""
+    g = recipe.granularity
+    if g == "tensor":
+        return x, tuple(range(x.dim()))
+    if g == "row":
+        return x, (x.dim() - 1,)
+    if g == "channel":
+        a = recipe.axis % x.dim()
+        return x, tuple(d for d in range(x.dim()) if d != a)
+    if g == "group":
+        return x.reshape(*x.shape[:-1], x.shape[-1] // recipe.block, recipe.block), (x.dim(),)
+    bh, bw = recipe.block
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2.reshape(x2.shape[0] // bh, bh, x2.shape[1] // bw, bw), (1, 3)
+
+
+def scale_shape(recipe, shape) -> tuple[int, ...]:
+    """Shape of the stored scales for a tensor of `shape` (padded to whole blocks)."""
+    shape = tuple(shape)
+    g = recipe.granularity
+    if g == "tensor":
+        return ()
+    if g == "row":
+        return (*shape[:-1], 1)
+    if g == "channel":
+        a = recipe.axis % len(shape)
+        return tuple(n if d == a else 1 for d, n in enumerate(shape))
+    bh, bw = _block_dims(recipe)
+    k = -(-shape[-1] // bw)
+    if g == "group":
+        return (*shape[:-1], k)
+    return (-(-math.prod(shape[:-1]) // bh), k)
+
+
+def _keepdim_shape(xb, dims):
+    return tuple(1 if d in dims else n for d, n in enumerate(xb.shape))
+
+
+def group_amax(xb: torch.Tensor, dims, calibrator=None) -> torch.Tensor:
+    """amax of each group of the blocked view, in keepdim form (the calibrator hook applies)."""
+    keep = _keepdim_shape(xb, dims)
+    if xb.numel() == 0:
+        return torch.zeros(keep, dtype=torch.float32, device=xb.device)
+    if calibrator is None:
+        return xb.abs().amax(dims, keepdim=True)
+    kept = [d for d in range(xb.dim()) if d not in dims]
+    rows = xb.permute(*kept, *dims).reshape(-1, math.prod(xb.shape[d] for d in dims))
+    return calibrator(rows, -1).to(torch.float32).reshape(keep)
+
+
+# ---- exact powers of two ------------------------------------------------------------------------
+def exp2i(k: torch.Tensor) -> torch.Tensor:
+    """2^k as float32, exactly, for integer k in [-127, 127] (2^-127 is an fp32 subnormal)."""
+    k = k.to(torch.int32)
+    normal = ((k + 127).clamp(min=1) << 23).view(torch.float32)
+    return torch.where(k >= -126, normal, torch.tensor(2.0 ** -127, device=k.device))
+
+
+def ceil_log2(d: torch.Tensor) -> torch.Tensor:
+    """ceil(log2(d)) exactly for finite d > 0 (frexp: d = m * 2^e, m in [0.5, 1))."""
+    m, e = torch.frexp(d)
+    return torch.where(m == 0.5, e - 1, e).to(torch.int32)
+
+
+# ---- scale formats ------------------------------------------------------------------------------
+def fp32_scale(amax: torch.Tensor, qmax: float):
+    """s = amax / qmax in float32 (1 when amax or s is 0); r = min(1/s, FLT_MAX)."""
+    s = amax / qmax
+    s = torch.where((amax == 0) | (s == 0), torch.ones_like(s), s)
+    return s, torch.clamp(1.0 / s, max=FLT_MAX)
+
+
+def pow2_scale(amax: torch.Tensor, qmax: float):
+    """s = 2^ceil(log2(amax / qmax)), k clamped to [-126, 127]; amax == 0 gives s = 1."""
+    d = amax / qmax
+    k = torch.where(d > 0, ceil_log2(torch.where(d > 0, d, 1.0)), -126).clamp(-126, 127)
+    k = torch.where(amax == 0, 0, k)
+    return exp2i(k), exp2i(-k)
+
+
+def mx_element(fmt) -> tuple[float, int, int]:
+    """(qmax, emax, mbits) of an MX element; integers are fixed point (INT8: int8 * 2^-6)."""
+    fmt = get_format(fmt)
+    if fmt.is_int:
+        frac = fmt.bits - 2
+        return fmt.max / 2 ** frac, 0, frac
+    return fmt.max, math.frexp(fmt.max)[1] - 1, fmt.mbits
+
+
+def e8m0_scale(amax: torch.Tensor, fmt, rule: str = "floor"):
+    """The E8M0 byte b of each block by rule floor/ceil/even/rceil; s = 2^(b-127), r = 2^(127-b).
+
+    A non-finite amax gives b = 0xFF (NaN) and s = NaN."""
+    qmax, emax, mbits = mx_element(fmt)
+    a = torch.where(torch.isfinite(amax), amax, 0.0)
+    bits = a.view(torch.int32)
+    expo = (bits >> 23) - 127
+    if rule == "floor":
+        e = expo - emax
+    elif rule == "ceil":
+        e = expo + ((bits & 0x7FFFFF) != 0).to(torch.int32) - emax
+    elif rule == "even":
+        rounded = (bits + (1 << (22 - mbits))) & 0x7F800000
+        e = (rounded >> 23) - 127 - emax
+    elif rule == "rceil":
+        d = a / qmax
+        e = torch.where(d > 0, ceil_log2(torch.where(d > 0, d, 1.0)), -127)
+    else:
+        raise ValueError(f"E8M0 scale rule {rule!r}: use floor, ceil, even or rceil")
+    e = e.clamp(-127, 127)
+    finite = torch.isfinite(amax)
+    b = torch.where(finite, e + 127, 255).to(torch.uint8)
+    s = torch.where(finite, exp2i(e), float("nan"))
+    return b, s, exp2i(-e)
+
+
+def e8m0_values(b: torch.Tensor) -> torch.Tensor:
+    """Decoded E8M0 bytes: 2^(b - 127), 0xFF -> NaN."""
+    b = b.to(torch.int32)
+    return torch.where(b == 255, float("nan"), exp2i(b - 127))
+
+
+def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float):
+    """Two-level scales (TransformerEngine's NVFP4): E4M3 block codes, FP32 tensor scale s_t.
+
+    Returns (code_b, s_t, t_b, r): t_b = decode(code_b) * s_t is the block's whole scale and
+    r = min(1 / t_b, FLT_MAX) its encoding multiplier. No lower clamp on the block scale."""
+    s_t = amax_t.to(torch.float32) / (448.0 * qmax)
+    s_t = torch.where((amax_t == 0) | (s_t == 0), torch.ones_like(s_t), s_t)
+    s_b = (amax_b / qmax) / s_t
+    code_b = encode(s_b, "e4m3", rounding="rne", overflow="saturate")
+    code_b = torch.where(torch.isfinite(amax_b) & torch.isfinite(s_t), code_b,
+                         torch.tensor(0x7F, dtype=torch.uint8, device=code_b.device))
+    s_t = torch.where(torch.isfinite(amax_t), s_t, float("nan"))
+    t_b = decode(code_b, "e4m3") * s_t
+    return code_b, s_t, t_b, torch.clamp(1.0 / t_b, max=FLT_MAX)
+
+
+def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float):
+    """Asymmetric INT scale and zero point from a group's range [min(x, 0), max(x, 0)]."""
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    s = (hi - lo) / qmax
+    s = torch.where(s == 0, torch.ones_like(s), s)
+    r = torch.clamp(1.0 / s, max=FLT_MAX)
+    z = torch.round(-lo * r).clamp(0, qmax)
+    return s, r, z
+
+
+def qmax_of(recipe) -> float:
+    """The largest magnitude the scale maps amax to: the format max; 2^(b-1)-1 for INT; MX INT
+    fixed point; 2^b - 1 for asymmetric (unsigned) INT."""
+    fmt = recipe.format
+    if recipe.mx_int8:
+        return mx_element(fmt)[0]
+    return fmt.max
+
+
+def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
+    """All scales of the blocked view xb for a recipe, as a dict:
+
+    scales (stored form, keepdim), tensor_scale (NVFP4-style recipes), zero_point (asymmetric),
+    s (float32 dequantization scale, keepdim), r (encoding multiplier, keepdim), bad (groups
+    with a non-finite amax, keepdim)."""
+    fmt, qmax = recipe.format, qmax_of(recipe)
+    out = {"tensor_scale": None, "zero_point": None}
+    if recipe.asymmetric:
+        keep = _keepdim_shape(xb, dims)
+        if xb.numel() == 0:
+            lo = hi = torch.zeros(keep, dtype=torch.float32, device=xb.device)
+        else:
+            lo, hi = xb.amin(dims, keepdim=True), xb.amax(dims, keepdim=True)
+        s, r, z = asym_scale(lo, hi, qmax)
+        bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
+        s = torch.where(bad, float("nan"), s)
+        z = torch.where(bad, 0.0, z)
+        out.update(scales=s, s=s, r=r, bad=bad, zero_point=z.to(torch.uint8))
+        return out
+    amax = group_amax(xb, dims, recipe.calibrator)
+    bad = ~torch.isfinite(amax)
+    sf = recipe.scale_format
+    if sf == "fp32":
+        s, r = fp32_scale(amax, qmax)
+        s = torch.where(bad, float("nan"), s)
+        out.update(scales=s, s=s, r=r)
+    elif sf == "pow2":
+        s, r = pow2_scale(amax, qmax)
+        s = torch.where(bad, float("nan"), s)
+        out.update(scales=s, s=s, r=r)
+    elif sf == "e8m0":
+        b, s, r = e8m0_scale(amax, fmt, recipe.scale_rule)
+        out.update(scales=b, s=s, r=r)
+    else:
+        rows = xb.reshape(1, -1)
+        if xb.numel() == 0:
+            amax_t = torch.zeros((), device=xb.device)
+        elif recipe.calibrator is None:
+            amax_t = amax.amax()
+        else:
+            amax_t = recipe.calibrator(rows, -1).to(torch.float32).reshape(())
+        code_b, s_t, t_b, r = nvfp4_scale(amax, amax_t, qmax)
+        bad = bad | ~torch.isfinite(amax_t)
+        out.update(scales=code_b, tensor_scale=s_t, s=t_b, r=r)
+    out["bad"] = bad
+    return out

@@ -1,0 +1,305 @@
+"""The memory calculator: parameter counts against published totals, bytes against REFERENCE.md,
+sharding against the ZeRO paper, and clear errors on bad input."""
+import math
+
+import pytest
+import torch
+
+from quantlib.recipes import get_recipe
+
+from quantlib.memory import (PRESETS, STORAGE_FORMATS, ModelConfig, activation_memory,
+                             bits_per_element, build_model, bytes_per_parameter, format_bytes,
+                             get_config, inference_memory, inference_table, kv_cache_memory,
+                             layer_activation_memory, linear_param_count, param_count,
+                             saved_tensors, sharding_table, storage_format, strategy_table,
+                             to_unit, training_memory)
+
+# Totals published on each model card / safetensors index (independent of our formula).
+PUBLISHED = {
+    "Llama-2-7B": 6_738_415_616,
+    "Llama-2-13B": 13_015_864_320,
+    "Llama-3-8B": 8_030_261_248,
+    "Llama-3-70B": 70_553_706_496,
+    "Llama-3.2-1B": 1_235_814_400,
+    "Mistral-7B": 7_241_732_096,
+    "Qwen2.5-0.5B": 494_032_768,
+    "TinyLlama-1.1B": 1_100_048_384,
+}
+
+TINY = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=100)
+
+
+class TestParamCount:
+    @pytest.mark.parametrize("name", sorted(PUBLISHED))
+    def test_presets_match_published_counts(self, name):
+        assert param_count(name) == PUBLISHED[name]
+
+    def test_every_preset_is_checked(self):
+        assert set(PRESETS) == set(PUBLISHED)
+
+    @pytest.mark.parametrize("extra", [
+        {}, {"tie_word_embeddings": True}, {"attention_bias": True}, {"mlp_bias": True},
+        {"head_dim": 24}, {"num_key_value_heads": 4}, {"num_key_value_heads": 1}])
+    def test_matches_a_torch_module(self, extra):
+        # Oracle: torch's own count of the parameters of the module built from the config.
+        cfg = ModelConfig(**{**TINY, **extra})
+        model = build_model(cfg, max_seq_len=8)
+        assert sum(p.numel() for p in model.parameters()) == param_count(cfg)
+        lin = sum(m.weight.numel() + (m.bias.numel() if m.bias is not None else 0)
+                  for layer in model.layers for m in layer.modules()
+                  if isinstance(m, torch.nn.Linear))
+        assert lin == linear_param_count(cfg)
+
+    def test_from_hf_config_ignores_unknown_keys_and_reads_head_dim(self):
+        hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rope_theta": 5e5,
+              "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+              "vocab_size": 128256, "tie_word_embeddings": True, "attention_bias": False,
+              "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16"}
+        cfg = ModelConfig.from_hf_config(hf)
+        assert cfg.head_dim == 64 and cfg.kv_dim == 512
+        assert param_count(cfg) == PUBLISHED["Llama-3.2-1B"]
+
+    def test_qwen2_has_qkv_bias_without_the_key(self):
+        cfg = get_config("qwen2.5-0.5b")          # case-insensitive
+        assert cfg.attention_bias
+        no_bias = ModelConfig(**{**cfg.__dict__, "attention_bias": False})
+        L = cfg.num_hidden_layers
+        assert param_count(cfg) - param_count(no_bias) == L * (cfg.q_dim + 2 * cfg.kv_dim)
+
+    def test_defaults(self):
+        cfg = ModelConfig(**{k: v for k, v in TINY.items() if k != "num_key_value_heads"})
+        assert cfg.num_key_value_heads == 4 and cfg.head_dim == 16
+
+
+class TestInference:
+    # REFERENCE.md "Memory": GB = 10^9 bytes, two decimals
+    @pytest.mark.parametrize("fmt,gb", [("FP32", 26.95), ("BF16", 13.48), ("FP8", 6.74),
+                                        ("INT4", 3.37), ("NVFP4", 3.79), ("MXFP4", 3.58),
+                                        ("MXFP8", 6.95)])
+    def test_llama2_7b_reference(self, fmt, gb):
+        m = inference_memory("Llama-2-7B", fmt)
+        assert round(to_unit(m.total), 2) == gb
+        assert m.total == m.weight_bytes + m.scale_bytes
+
+    @pytest.mark.parametrize("fmt,bits", [("FP32", 32), ("BF16", 16), ("FP16", 16), ("FP8", 8),
+                                          ("INT8", 8), ("INT4", 4), ("MXFP8", 8.25),
+                                          ("MXFP6", 6.25), ("MXFP4", 4.25), ("NVFP4", 4.5)])
+    def test_bits_per_element(self, fmt, bits):
+        assert bits_per_element(fmt) == bits
+
+    def test_int4_group_scales(self):
+        assert bits_per_element("INT4", group_size=128) == 4 + 32 / 128
+        n = param_count("Llama-2-7B")
+        m = inference_memory("Llama-2-7B", "INT4", group_size=128)
+        assert m.weight_bytes == n // 2 and m.scale_bytes == 4 * n // 128
+
+    # (MXFP6 is left out: quantlib.recipes keeps 6-bit codes one per byte, 8.25 bits; packed
+    # storage, the spec's and ours, is 6.25.)
+    @pytest.mark.parametrize("fmt,recipe", [("MXFP8", "mxfp8_e4m3"), ("MXFP4", "mxfp4"),
+                                            ("NVFP4", "nvfp4"),
+                                            ("FP8", "fp8_e4m3_tensor"),
+                                            ("fp8_e4m3_1x128", "fp8_e4m3_1x128"),
+                                            ("fp8_e4m3_128x128", "fp8_e4m3_128x128")])
+    def test_agrees_with_recipes(self, fmt, recipe):
+        # quantlib.recipes counts the bytes of a real tensor (per-tensor scales included)
+        got = get_recipe(recipe).bits_per_element((8192, 8192))
+        assert bits_per_element(fmt) == pytest.approx(got, abs=1e-5)
+        assert bits_per_element("INT4", 128) == get_recipe("int4_g128").bits_per_element()
+
+    def test_bytes_exact_for_a_known_count(self):
+        # 6,738,415,616 is a multiple of 32: every block format divides exactly
+        n = param_count("Llama-2-7B")
+        for f in STORAGE_FORMATS.values():
+            assert inference_memory("Llama-2-7B", f.name).total * 8 == n * f.bits_per_element
+
+    def test_seed_table_rows(self):
+        t = inference_table("Llama-2-7B")
+        assert t.column("format")[:4] == ["FP32", "BF16", "FP8", "INT4"]
+        assert t.column("seed")[:4] == ["~28 GB", "~14 GB", "~7 GB", "~3.5 GB"]
+        # the seed's rounding is 7e9 x bytes: within 4% of the exact count
+        for gb, seed in zip(t.column("total GB")[:4], (28, 14, 7, 3.5)):
+            assert abs(gb / seed - 1) < 0.04
+
+    def test_kv_cache(self):
+        # Llama-2-7B keeps 2 x 32 layers x 4096 values per token: 0.5 MiB in 16 bits
+        assert kv_cache_memory("Llama-2-7B", 1, 1, "BF16") == 2**19
+        assert kv_cache_memory("Llama-2-7B", 2, 4096, "BF16") == 2 * 4096 * 2**19
+        # GQA: Llama-3-8B has 8 KV heads, a quarter of Llama-2-7B's
+        assert kv_cache_memory("Llama-3-8B", 1, 4096) * 4 == kv_cache_memory("Llama-2-7B", 1, 4096)
+        # FP8 halves it; NVFP4 is 4.5 bits per value (head_dim 128 = 8 blocks of 16)
+        assert kv_cache_memory("Llama-2-7B", 1, 64, "FP8") * 2 == kv_cache_memory(
+            "Llama-2-7B", 1, 64, "BF16")
+        assert kv_cache_memory("Llama-2-7B", 1, 64, "NVFP4") * 8 == (
+            2 * 64 * 32 * 4096 * 4.5)
+
+    def test_format_bytes(self):
+        n = inference_memory("Llama-2-7B", "FP32").total
+        assert format_bytes(n) == "26.95 GB"
+        assert format_bytes(n, "GiB") == "25.10 GiB"
+        assert format_bytes(2**30, "GiB", 1) == "1.0 GiB"
+
+
+class TestTraining:
+    def test_mixed_precision_adam_is_16_bytes_per_parameter(self):
+        assert bytes_per_parameter("ptq", "adam") == 16
+        m = training_memory("Llama-2-7B", "ptq", batch_size=1, seq_len=16)
+        P = param_count("Llama-2-7B")
+        assert (m.weights, m.gradients) == (2 * P, 2 * P)                  # ZeRO: 2 + 2
+        assert m.master_weights + m.optimizer_states == 12 * P             # ... + K = 12
+        assert bytes_per_parameter("fp32") == 16 and bytes_per_parameter("bf16") == 8
+
+    def test_adam8bit(self):
+        assert bytes_per_parameter("ptq", "adam8bit") == 2 + 4 + 2 + 2 * (1 + 4 / 2048)
+        assert bytes_per_parameter("ptq", "sgd") == 8
+
+    @pytest.mark.parametrize("scheme,per_gpu", [("dp", 120.0), ("zero1", 31.4),
+                                                ("zero2", 16.6), ("zero3", 1.9)])
+    def test_zero_paper_figure_1(self, scheme, per_gpu):
+        # ZeRO paper Figure 1: 7.5B parameters, K = 12, N = 64 GPUs
+        cfg = ModelConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=1, vocab_size=1)
+        P = param_count(cfg)
+        m = training_memory(cfg, "ptq", batch_size=1, seq_len=1, n_gpus=64, sharding=scheme)
+        states = m.weights + m.master_weights + m.gradients + m.optimizer_states
+        assert round(states / P * 7.5e9 / 1e9, 1) == per_gpu
+
+    def test_sharding_divides_the_right_components(self):
+        base = training_memory("Llama-3-8B", "ptq", seq_len=1024)
+        for scheme, sharded in [("zero1", {"master_weights", "optimizer_states"}),
+                                ("zero2", {"master_weights", "optimizer_states", "gradients"}),
+                                ("fsdp", {"master_weights", "optimizer_states", "gradients",
+                                          "weights"})]:
+            m = training_memory("Llama-3-8B", "ptq", seq_len=1024, n_gpus=8, sharding=scheme)
+            for comp, v in m.as_dict().items():
+                if comp in sharded:
+                    assert v == math.ceil(getattr(base, comp) / 8), (scheme, comp)
+                elif comp == "gather_buffer":
+                    assert (v > 0) == (scheme == "fsdp")
+                else:
+                    assert v == getattr(base, comp), (scheme, comp)
+
+    @pytest.mark.parametrize("norm,norm_bytes", [("fused", 8), ("unfused", 20)])
+    def test_activation_closed_form(self, norm, norm_bytes):
+        # Per layer, BF16: T (c h + 4 q_dim + 4 kv_dim + 8f + 4a + 8) bytes, c = 8 or 20
+        for name in ("Llama-2-7B", "Llama-3-8B", "Qwen2.5-0.5B"):
+            c, b, s = get_config(name), 2, 512
+            T = b * s
+            want = T * (norm_bytes * c.hidden_size + 4 * c.q_dim + 4 * c.kv_dim
+                        + 8 * c.intermediate_size + 4 * c.num_attention_heads + 8)
+            assert layer_activation_memory(c, b, s, norm=norm) == want
+
+    def test_recompute_keeps_layer_inputs(self):
+        c = get_config("Llama-2-7B")
+        full = activation_memory(c, 1, 4096)
+        rec = activation_memory(c, 1, 4096, recompute=True)
+        head = activation_memory(c, 1, 4096) - c.num_hidden_layers * layer_activation_memory(
+            c, 1, 4096)
+        assert rec == head + c.num_hidden_layers * 4096 * c.hidden_size * 2
+        assert full > 10 * rec
+
+    def test_strategies_order(self):
+        kw = dict(batch_size=1, seq_len=2048, fmt="MXFP8")
+        ptq, qat, qt = (training_memory("Llama-2-7B", s, **kw) for s in ("ptq", "qat", "qt"))
+        assert qat.total > qt.total > ptq.total
+        assert qat.weight_copies == 3 * linear_param_count("Llama-2-7B")  # BF16 copy + mask
+        assert qt.weight_copies == linear_param_count("Llama-2-7B")     # one FP8 byte each
+        assert qt.activations < ptq.activations < qat.activations
+        assert qt.quantization_scales > 0 == ptq.quantization_scales
+        # QT: q, k and v each keep a 1-byte copy of the normed input (3h instead of 2h bytes),
+        # gate and up likewise (2h: no change), down 1 byte instead of 2 (saves f), and the o
+        # projection a 1-byte copy of the attention output that the kernel keeps anyway (+q_dim)
+        c = get_config("Llama-2-7B")
+        TL = 2048 * c.num_hidden_layers
+        assert ptq.activations - qt.activations == TL * (c.intermediate_size - c.hidden_size
+                                                         - c.q_dim)
+
+    def test_tables(self):
+        t = strategy_table("Llama-2-7B", seq_len=1024)
+        assert t.column("strategy") == ["ptq", "qat", "qt"]
+        s = sharding_table("Llama-2-7B", seq_len=1024, n_gpus=(1, 8))
+        dp, z3 = s.rows[0], s.rows[3]
+        assert dp[1] == dp[2] and z3[2] < z3[1]
+
+
+class TestBadInput:
+    def test_unknown_preset_lists_valid(self):
+        with pytest.raises(KeyError, match="Llama-2-7B.*Qwen2.5-0.5B"):
+            get_config("Llama-9B")
+        with pytest.raises(KeyError, match="valid presets"):
+            param_count("gpt-2")
+
+    @pytest.mark.parametrize("field,value", [("hidden_size", 0), ("hidden_size", -64),
+                                             ("num_hidden_layers", 0), ("vocab_size", -1),
+                                             ("intermediate_size", 0), ("head_dim", 0),
+                                             ("num_key_value_heads", 0)])
+    def test_non_positive_sizes(self, field, value):
+        with pytest.raises(ValueError, match=f"{field} must be positive"):
+            ModelConfig(**{**TINY, field: value})
+
+    def test_non_int_size(self):
+        with pytest.raises(TypeError, match="hidden_size must be an int"):
+            ModelConfig(**{**TINY, "hidden_size": 64.0})
+
+    def test_heads_not_divisible(self):
+        with pytest.raises(ValueError, match="multiple of num_key_value_heads"):
+            ModelConfig(**{**TINY, "num_key_value_heads": 3})
+
+    def test_hidden_not_divisible_without_head_dim(self):
+        with pytest.raises(ValueError, match="give head_dim"):
+            ModelConfig(**{**TINY, "hidden_size": 66})
+
+    def test_missing_keys(self):
+        with pytest.raises(ValueError, match="missing.*vocab_size"):
+            ModelConfig.from_hf_config({k: v for k, v in TINY.items() if k != "vocab_size"})
+
+    def test_unknown_format(self):
+        with pytest.raises(ValueError, match="unknown weight format 'FP5'.*NVFP4"):
+            inference_memory("Llama-2-7B", "FP5")
+        with pytest.raises(ValueError, match="group_size applies to INT8/INT4"):
+            storage_format("MXFP4", group_size=128)
+        with pytest.raises(ValueError, match="unknown unit"):
+            format_bytes(1, "gigs")
+
+    @pytest.mark.parametrize("kw,match", [({"strategy": "int8"}, "unknown strategy"),
+                                          ({"optimizer": "lion"}, "unknown optimizer"),
+                                          ({"sharding": "zero4"}, "unknown sharding"),
+                                          ({"n_gpus": 0}, "n_gpus must be a positive"),
+                                          ({"batch_size": 0}, "batch_size must be a positive"),
+                                          ({"seq_len": -5}, "seq_len must be a positive"),
+                                          ({"norm": "layer"}, "norm must be 'fused'")])
+    def test_training_arguments(self, kw, match):
+        with pytest.raises(ValueError, match=match):
+            training_memory("Llama-2-7B", **kw)
+
+    def test_kv_cache_arguments(self):
+        with pytest.raises(ValueError, match="seq_len must be a positive"):
+            kv_cache_memory("Llama-2-7B", 1, 0)
+
+
+def test_saved_tensor_names_are_unique_per_place():
+    names = [(t.where, t.name) for t in saved_tensors("Llama-2-7B", 1, 8, fake_quant=True)]
+    assert len(names) == len(set(names))
+
+
+def test_strategy_figure_draws_the_computed_totals():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from quantlib.memory.plots import plot_sharding, plot_strategies
+
+    fig = plot_strategies("Llama-3-8B", batch_size=1, seq_len=1024, fmt="MXFP8")
+    ax = fig.axes[0]
+    heights = {}
+    for bar in ax.patches:  # stacked: sum the segments at each x
+        heights[round(bar.get_x(), 6)] = heights.get(round(bar.get_x(), 6), 0) + bar.get_height()
+    want = [to_unit(training_memory("Llama-3-8B", s, batch_size=1, seq_len=1024, fmt="MXFP8",
+                                    recompute=r).total)
+            for s in ("ptq", "qat", "qt") for r in (False, True)]
+    assert [pytest.approx(h) for _, h in sorted(heights.items())] == want
+    plt.close(fig)
+    fig = plot_sharding("Llama-3-8B", n_gpus=(1, 8))
+    assert len(fig.axes[0].lines) == 5 + 1   # five schemes and the activation floor
+    plt.close(fig)
