@@ -10,3 +10,11 @@ __version__ = "0.1.0"
 from quantlib.table import Table
 from quantlib.device import device_report, kernel_path
 from quantlib.formats import Format, get_format, FORMATS, value_table, compare_formats
+from quantlib.codecs import encode, decode, round_to_format
+from quantlib.memory import (ModelConfig, get_config, param_count, inference_memory,
+                             kv_cache_memory, training_memory, format_bytes)
+from quantlib.packing import pack_nibbles, unpack_nibbles
+from quantlib.recipes import Recipe, recipes, get_recipe, RECIPES
+from quantlib.scaling import compute_scale, e8m0_scale, nvfp4_scale, max_calibrator
+from quantlib.qtensor import QuantizedTensor, quantize
+from quantlib.metrics import qsnr, mse, max_abs_error, max_rel_error, qsnr_table, error_table
