@@ -124,16 +124,23 @@ def ceil_log2(d: torch.Tensor) -> torch.Tensor:
 
 
 # ---- scale formats ------------------------------------------------------------------------------
+def div(a: torch.Tensor, q: float) -> torch.Tensor:
+    """a / q correctly rounded on every device. On CUDA, torch turns division by a Python number
+    into multiplication by its reciprocal (two roundings: some scales differ by one ulp), so
+    divide by a 0-dim tensor on a's device instead."""
+    return a / torch.tensor(q, dtype=a.dtype, device=a.device)
+
+
 def fp32_scale(amax: torch.Tensor, qmax: float):
     """s = amax / qmax in float32 (1 when amax or s is 0); r = min(1/s, FLT_MAX)."""
-    s = amax / qmax
+    s = div(amax, qmax)
     s = torch.where((amax == 0) | (s == 0), torch.ones_like(s), s)
     return s, torch.clamp(1.0 / s, max=FLT_MAX)
 
 
 def pow2_scale(amax: torch.Tensor, qmax: float):
     """s = 2^ceil(log2(amax / qmax)), k clamped to [-126, 127]; amax == 0 gives s = 1."""
-    d = amax / qmax
+    d = div(amax, qmax)
     k = torch.where(d > 0, ceil_log2(torch.where(d > 0, d, 1.0)), -126).clamp(-126, 127)
     k = torch.where(amax == 0, 0, k)
     return exp2i(k), exp2i(-k)
@@ -164,7 +171,7 @@ def e8m0_scale(amax: torch.Tensor, fmt, rule: str = "floor"):
         rounded = (bits + (1 << (22 - mbits))) & 0x7F800000
         e = (rounded >> 23) - 127 - emax
     elif rule == "rceil":
-        d = a / qmax
+        d = div(a, qmax)
         e = torch.where(d > 0, ceil_log2(torch.where(d > 0, d, 1.0)), -127)
     else:
         raise ValueError(f"E8M0 scale rule {rule!r}: use floor, ceil, even or rceil")
@@ -186,9 +193,9 @@ def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float):
 
     Returns (code_b, s_t, t_b, r): t_b = decode(code_b) * s_t is the block's whole scale and
     r = min(1 / t_b, FLT_MAX) its encoding multiplier. No lower clamp on the block scale."""
-    s_t = amax_t.to(torch.float32) / (448.0 * qmax)
+    s_t = div(amax_t.to(torch.float32), 448.0 * qmax)
     s_t = torch.where((amax_t == 0) | (s_t == 0), torch.ones_like(s_t), s_t)
-    s_b = (amax_b / qmax) / s_t
+    s_b = div(amax_b, qmax) / s_t
     code_b = encode(s_b, "e4m3", rounding="rne", overflow="saturate")
     code_b = torch.where(torch.isfinite(amax_b) & torch.isfinite(s_t), code_b,
                          torch.tensor(0x7F, dtype=torch.uint8, device=code_b.device))
@@ -200,7 +207,7 @@ def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float):
 def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float):
     """Asymmetric INT scale and zero point from a group's range [min(x, 0), max(x, 0)]."""
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    s = (hi - lo) / qmax
+    s = div(hi - lo, qmax)
     s = torch.where(s == 0, torch.ones_like(s), s)
     r = torch.clamp(1.0 / s, max=FLT_MAX)
     z = torch.round(-lo * r).clamp(0, qmax)

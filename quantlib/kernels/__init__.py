@@ -1,0 +1,292 @@
+"""Triton kernels for FP8, NVFP4 and MX, each beside its plain-torch twin (`reference`).
+
+Every function returns what the reference returns, bit for bit for quantize/dequantize
+(`quantlib.quantize`'s QuantizedTensor: same codes, same scales), so kernels and reference swap
+freely. `path="auto"` lets `dispatch` choose (Triton on sm_80+ GPUs and under
+TRITON_INTERPRET=1 on the CPU, the reference elsewhere); "triton" or "reference" force one.
+
+GEMM layouts follow nn.Linear: activations (M, K), weights (N, K); the result is
+x @ w^T of shape (M, N) (w^T is the "column-major B" of cuBLAS and torch._scaled_mm).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from quantlib.kernels import reference
+from quantlib.kernels.dispatch import quiet, use_triton
+from quantlib.qtensor import QuantizedTensor
+from quantlib.recipes import get_recipe
+from quantlib.scaling import scale_shape
+
+__all__ = [
+    "fp8_dequantize",
+    "fp8_linear",
+    "fp8_quantize",
+    "fp8_scaled_mm",
+    "mx_dequantize",
+    "mx_matmul",
+    "mx_quantize",
+    "nvfp4_dequantize",
+    "nvfp4_matmul",
+    "nvfp4_quantize",
+    "reference",
+]
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ---- checks: bad input gets a clear error --------------------------------------------------
+def _check_input(x, name="x"):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} has dtype {x.dtype}: the kernels read float32, bfloat16 or "
+                        f"float16; convert with {name}.float()")
+    if not x.is_contiguous():
+        raise ValueError(f"{name} is not contiguous (shape {tuple(x.shape)}, strides "
+                         f"{x.stride()}): pass {name}.contiguous()")
+    if x.dim() == 0:
+        raise ValueError(f"{name} is a scalar: quantize a tensor of at least one dimension")
+
+
+def _check_recipe(recipe, elements, scale_formats, what):
+    r = get_recipe(recipe)
+    if r.element not in elements or r.scale_format not in scale_formats:
+        raise ValueError(f"{what} takes recipes with elements {elements} and "
+                         f"{scale_formats} scales; {r.name!r} has {r.element} elements and "
+                         f"{r.scale_format} scales")
+    return r
+
+
+def _kernel_ok(r) -> bool:
+    """Recipes the Triton kernels cover; the rest (channel axis, calibrators, odd blocks) run
+    the reference."""
+    if r.calibrator is not None or r.granularity == "channel":
+        return False
+    if r.granularity == "group":
+        return r.block in (16, 32, 64, 128, 256, 512)
+    if r.granularity == "block2d":
+        bh, bw = r.block
+        return bh * bw <= 16384 and all(b >= 1 and (b & (b - 1)) == 0 for b in (bh, bw))
+    return True
+
+
+def _run_quantize(x, r, path):
+    _check_input(x)
+    if not (use_triton(x, path) and _kernel_ok(r)):
+        if path == "triton" and not _kernel_ok(r):
+            raise ValueError(f"recipe {r.name!r} has no Triton kernel (channel axis, "
+                             f"calibrator or block {r.block}): use path='auto'")
+        return reference.quantize_ref(x, r)
+    from quantlib.kernels import _quantize as kq
+    from quantlib.scaling import pad_to_blocks
+    shape = x.shape
+    K = shape[-1]
+    x2 = x.reshape(-1, K)
+    pad_to_blocks(torch.empty((x2.shape[0], K), device="meta"), r)  # same ValueError as quantize
+    with quiet():
+        q, s, ts = kq.quantize(x2, r)
+    q = q.reshape(*shape[:-1], q.shape[-1])
+    return QuantizedTensor(codes=q, scales=s.reshape(scale_shape(r, shape)), recipe=r,
+                           shape=shape, dtype=x.dtype, tensor_scale=ts)
+
+
+def _run_dequantize(qt, dtype, path, what):
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"{what} takes a QuantizedTensor, got {type(qt).__name__}")
+    if dtype not in _FLOATS:
+        raise TypeError(f"dtype {dtype}: use torch.float32, torch.bfloat16 or torch.float16")
+    r = qt.recipe
+    if not (use_triton(qt.codes, path) and _kernel_ok(r)):
+        return reference.dequantize_ref(qt, dtype)
+    from quantlib.kernels import _quantize as kq
+    shape = tuple(qt.shape) or (1,)
+    K = shape[-1]
+    R = math.prod(shape[:-1])
+    q = qt.codes.reshape(R, qt.codes.shape[-1]) if R else qt.codes.reshape(0, 1)
+    s = qt.scales.reshape(1, 1) if r.granularity == "tensor" else qt.scales.reshape(
+        -1, qt.scales.shape[-1])
+    out = torch.float32 if dtype == torch.float16 else dtype
+    with quiet():
+        y = kq.dequantize(q.contiguous(), s.contiguous(), qt.tensor_scale, r, R, K, out)
+    return y.to(dtype).reshape(qt.shape)
+
+
+# ---- FP8 -----------------------------------------------------------------------------------
+_FP8_ELEMENTS = ("e4m3", "e5m2")
+
+
+def fp8_quantize(x: torch.Tensor, recipe="fp8_e4m3_1x128", path: str = "auto") -> QuantizedTensor:
+    """FP8 (E4M3/E5M2) codes + FP32 (or power-of-two) scales: per tensor, per row, 1xG groups
+    or 2-D blocks; saturating RNE. Same result as quantlib.quantize(x, recipe)."""
+    r = _check_recipe(recipe, _FP8_ELEMENTS, ("fp32", "pow2"), "fp8_quantize")
+    return _run_quantize(x, r, path)
+
+
+def fp8_dequantize(qt: QuantizedTensor, dtype=torch.float32, path: str = "auto") -> torch.Tensor:
+    """decode(codes) * scale, as QuantizedTensor.dequantize(dtype)."""
+    return _run_dequantize(qt, dtype, path, "fp8_dequantize")
+
+
+def _mm_scales(qt: QuantizedTensor, name: str):
+    """An FP8 operand's scales as the kernel indexes them: (2-D fp32 scales, rows per scale,
+    blockwise along K)."""
+    r = qt.recipe
+    g = r.granularity
+    rows = qt.codes.shape[0]
+    if g == "tensor":
+        return qt.scales.reshape(1, 1), 1 << 30, False
+    if g == "row":
+        return qt.scales.reshape(rows, 1), 1, False
+    if g == "group" and r.block == 128:
+        return qt.scales, 1, True
+    if g == "block2d" and r.block == (128, 128):
+        return qt.scales, 128, True
+    raise ValueError(f"fp8_scaled_mm: operand {name} has granularity {g} {r.block or ''}: use "
+                     f"per-tensor, per-row, 1x128 or 128x128 FP8 recipes")
+
+
+def _check_mm_operand(qt, name):
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"fp8_scaled_mm: {name} must be a QuantizedTensor from fp8_quantize, "
+                        f"got {type(qt).__name__}")
+    r = qt.recipe
+    if r.element not in _FP8_ELEMENTS or r.scale_format not in ("fp32", "pow2"):
+        raise ValueError(f"fp8_scaled_mm: {name} has recipe {r.name!r}; FP8 elements with "
+                         f"fp32/pow2 scales are needed")
+    if len(qt.shape) != 2:
+        raise ValueError(f"fp8_scaled_mm: {name} must be 2-D, got shape {tuple(qt.shape)}")
+    want = scale_shape(r, qt.shape)
+    if tuple(qt.scales.shape) != tuple(want):
+        raise ValueError(f"fp8_scaled_mm: {name}'s scales have shape {tuple(qt.scales.shape)}, "
+                         f"its recipe {r.name!r} needs {tuple(want)}")
+
+
+def fp8_scaled_mm(a: QuantizedTensor, b: QuantizedTensor, bias: torch.Tensor | None = None,
+                  out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
+    """(A * sa) @ (B * sb)^T with FP32 accumulation: A (M, K) and the weight B (N, K) FP8
+    QuantizedTensors with per-tensor, per-row, 1x128 or 128x128 scales; optional bias (N,);
+    BF16 or FP32 output. The role torch._scaled_mm plays (FP8 tensor cores on sm_89+)."""
+    _check_mm_operand(a, "a")
+    _check_mm_operand(b, "b")
+    (M, K), (N, Kb) = a.shape, b.shape
+    if K != Kb:
+        raise ValueError(f"fp8_scaled_mm: a is {M}x{K} but b is {N}x{Kb}: b is the (N, K) "
+                         f"weight (a @ b^T), K must match")
+    if a.device != b.device:
+        raise ValueError(f"fp8_scaled_mm: a is on {a.device}, b on {b.device}")
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise TypeError(f"out_dtype {out_dtype}: use torch.bfloat16 or torch.float32")
+    if bias is not None and (bias.shape != (N,) or bias.device != a.device):
+        raise ValueError(f"bias must have shape ({N},) on {a.device}, got "
+                         f"{tuple(bias.shape)} on {bias.device}")
+    sa, ra, bwa = _mm_scales(a, "a")
+    sb, rb, bwb = _mm_scales(b, "b")
+    blockwise = bwa or bwb
+    if blockwise and K % 128:
+        raise ValueError(f"fp8_scaled_mm: K={K} is not a multiple of the 128-element scale "
+                         f"block; pad K to a multiple of 128")
+    if not use_triton(a.codes, path):
+        return reference.scaled_mm_ref(a, b, bias, out_dtype)
+    from quantlib.kernels import _gemm
+    with quiet():
+        return _gemm.fp8_mm(a.codes, b.codes, sa.contiguous(), sb.contiguous(),
+                            a.recipe.element, b.recipe.element, ra, rb, blockwise,
+                            bias=None if bias is None else bias.contiguous(), out_dtype=out_dtype)
+
+
+def fp8_linear(x: torch.Tensor, w, bias: torch.Tensor | None = None,
+               recipe="fp8_e4m3_rowwise", out_dtype=torch.bfloat16,
+               path: str = "auto") -> torch.Tensor:
+    """A W8A8 linear layer, y = x @ w^T (+ bias): the activations x (..., K) are quantized on
+    the fly with `recipe`, w is an FP8 QuantizedTensor (N, K) or a float weight quantized with
+    the same recipe; FP32 accumulation, `out_dtype` output."""
+    _check_input(x)
+    if not isinstance(w, QuantizedTensor):
+        _check_input(w, "w")
+        w = fp8_quantize(w, recipe, path=path)
+    xq = fp8_quantize(x.reshape(-1, x.shape[-1]), recipe, path=path)
+    y = fp8_scaled_mm(xq, w, bias=bias, out_dtype=out_dtype, path=path)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+# ---- NVFP4 and MX --------------------------------------------------------------------------
+def nvfp4_quantize(x: torch.Tensor, recipe="nvfp4", path: str = "auto") -> QuantizedTensor:
+    """NVFP4: E2M1 codes packed two per byte, one E4M3 scale per 16, an FP32 tensor scale."""
+    r = _check_recipe(recipe, ("e2m1",), ("e4m3",), "nvfp4_quantize")
+    return _run_quantize(x, r, path)
+
+
+def nvfp4_dequantize(qt: QuantizedTensor, dtype=torch.float32, path: str = "auto"):
+    """decode(code) * decode(block scale) * tensor scale, as QuantizedTensor.dequantize."""
+    return _run_dequantize(qt, dtype, path, "nvfp4_dequantize")
+
+
+_MX_ELEMENTS = ("e4m3", "e5m2", "e2m3", "e3m2", "e2m1")
+
+
+def mx_quantize(x: torch.Tensor, recipe="mxfp8_e4m3", path: str = "auto") -> QuantizedTensor:
+    """OCP MX: one E8M0 scale per 32 (rule floor, ceil, even or rceil); MXFP8, MXFP6, MXFP4
+    (4-bit codes packed two per byte)."""
+    r = _check_recipe(recipe, _MX_ELEMENTS, ("e8m0",), "mx_quantize")
+    return _run_quantize(x, r, path)
+
+
+def mx_dequantize(qt: QuantizedTensor, dtype=torch.float32, path: str = "auto"):
+    """decode(code) * 2^(scale byte - 127), as QuantizedTensor.dequantize."""
+    return _run_dequantize(qt, dtype, path, "mx_dequantize")
+
+
+def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
+    if not isinstance(w, QuantizedTensor):
+        raise TypeError(f"{what}: w must be a QuantizedTensor, got {type(w).__name__}")
+    r = w.recipe
+    kind = next((k for k, ok in kinds.items() if ok(r)), None)
+    if kind is None:
+        raise ValueError(f"{what}: w has recipe {r.name!r}; use one of {list(kinds)}")
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.bfloat16:
+        raise TypeError(f"{what}: x must be a bfloat16 tensor (W4A16: BF16 activations), got "
+                        f"{getattr(x, 'dtype', type(x).__name__)}; use x.to(torch.bfloat16)")
+    if not x.is_contiguous():
+        raise ValueError(f"{what}: x is not contiguous: pass x.contiguous()")
+    if len(w.shape) != 2:
+        raise ValueError(f"{what}: w must be a 2-D (N, K) weight, got {tuple(w.shape)}")
+    N, K = w.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"{what}: x has K={x.shape[-1]} but w is {N}x{K} (x @ w^T)")
+    if K % r.block:
+        raise ValueError(f"{what}: K={K} is not a multiple of the {r.block}-element block")
+    if tuple(w.scales.shape) != (N, K // r.block):
+        raise ValueError(f"{what}: w's scales have shape {tuple(w.scales.shape)}, expected "
+                         f"{(N, K // r.block)}")
+    if x.device != w.device:
+        raise ValueError(f"{what}: x is on {x.device}, w on {w.device}")
+    if bias is not None and (bias.shape != (N,) or bias.device != x.device):
+        raise ValueError(f"{what}: bias must have shape ({N},) on {x.device}")
+    if out_dtype not in (torch.bfloat16, torch.float32):
+        raise TypeError(f"out_dtype {out_dtype}: use torch.bfloat16 or torch.float32")
+    if not use_triton(x, path):
+        return reference.weight_mm_ref(x, w, bias, out_dtype)
+    from quantlib.kernels import _gemm
+    with quiet():
+        y = _gemm.wq_mm(x.reshape(-1, K), w.codes, w.scales, w.tensor_scale, kind,
+                        bias=None if bias is None else bias.contiguous(), out_dtype=out_dtype)
+    return y.reshape(*x.shape[:-1], N)
+
+
+def nvfp4_matmul(x: torch.Tensor, w: QuantizedTensor, bias: torch.Tensor | None = None,
+                 out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
+    """x @ dequantize(w)^T for an NVFP4 weight w (N, K) and BF16 activations x (..., K): the
+    W4A16 GEMM; the packed weight is dequantized in registers, FP32 accumulation."""
+    kinds = {"nvfp4": lambda r: (r.element, r.scale_format, r.block) == ("e2m1", "e4m3", 16)}
+    return _weight_mm(x, w, bias, out_dtype, path, kinds, "nvfp4_matmul")
+
+
+def mx_matmul(x: torch.Tensor, w: QuantizedTensor, bias: torch.Tensor | None = None,
+              out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
+    """x @ dequantize(w)^T for an MXFP4 or MXFP8 weight w (N, K) and BF16 activations."""
+    mx = lambda e: (lambda r: (r.element, r.scale_format, r.block) == (e, "e8m0", 32))
+    kinds = {"mxfp4": mx("e2m1"), "mxfp8_e4m3": mx("e4m3"), "mxfp8_e5m2": mx("e5m2")}
+    return _weight_mm(x, w, bias, out_dtype, path, kinds, "mx_matmul")

@@ -1,0 +1,99 @@
+"""FP8 scaled GEMM and W4A16 (NVFP4/MX weight x BF16) GEMM kernels and their reference twins
+against a float64 matmul of the dequantized operands: the error must stay inside the bound of
+FP32 accumulation, K * 2^-23 * (|A| |B|^T) elementwise."""
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import quantlib.kernels as K
+from quantlib.recipes import get_recipe
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def within_fp32_bound(c, a64, b64, bias=None):
+    ref = a64 @ b64.T + (0 if bias is None else bias.double())
+    bound = (a64.abs() @ b64.abs().T) * (a64.shape[1] * 2.0 ** -23) + 1e-30
+    if bias is not None:
+        bound = bound + 2.0 ** -23 * bias.double().abs()
+    return float(((c.double() - ref).abs() / bound).max()) <= 1.0
+
+
+def rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(DEV)
+
+
+MM_CASES = [("fp8_e4m3_tensor", "fp8_e4m3_tensor"), ("fp8_e4m3_rowwise", "fp8_e4m3_rowwise"),
+            ("fp8_e4m3_1x128", "fp8_e4m3_128x128"), ("fp8_e5m2_rowwise", "fp8_e4m3_tensor")]
+
+
+@pytest.mark.parametrize("ra,rb", MM_CASES, ids=[f"{a}-{b}" for a, b in MM_CASES])
+@pytest.mark.parametrize("path", ["triton", "reference"])
+def test_fp8_scaled_mm(ra, rb, path):
+    rb = dataclasses.replace(get_recipe(rb), pad=True)
+    a = K.fp8_quantize(rand(37, 256, seed=1), ra)          # odd M; N below one 128 block
+    b = K.fp8_quantize(rand(72, 256, seed=2), rb)
+    bias = rand(72, seed=3)
+    a64, b64 = a.dequantize().double(), b.dequantize().double()
+    c = K.fp8_scaled_mm(a, b, bias=bias, out_dtype=torch.float32, path=path)
+    assert c.shape == (37, 72) and c.dtype == torch.float32
+    assert within_fp32_bound(c, a64, b64, bias)
+    cb = K.fp8_scaled_mm(a, b, bias=bias, path=path)            # BF16 output, rounded once
+    assert cb.dtype == torch.bfloat16
+    assert torch.allclose(cb.float(), c, rtol=2.0 ** -8, atol=1e-6)
+
+
+W_CASES = [("nvfp4", 1), ("nvfp4", 20), ("mxfp4", 3), ("mxfp8_e4m3", 17), ("mxfp8_e5m2", 1)]
+
+
+@pytest.mark.parametrize("recipe,M", W_CASES, ids=[f"{r}-M{m}" for r, m in W_CASES])
+@pytest.mark.parametrize("path", ["triton", "reference"])
+def test_weight_matmul(recipe, M, path):
+    quant, mm = ((K.nvfp4_quantize, K.nvfp4_matmul) if recipe == "nvfp4"
+                 else (K.mx_quantize, K.mx_matmul))
+    w = quant(rand(48, 256, seed=4), recipe)
+    x = rand(M, 256, seed=5).to(torch.bfloat16)
+    bias = rand(48, seed=6)
+    y = mm(x, w, bias=bias, out_dtype=torch.float32, path=path)
+    assert y.shape == (M, 48)
+    assert within_fp32_bound(y, x.double(), w.dequantize().double(), bias)
+    x3 = x.reshape(1, M, 256)                                    # leading dims pass through
+    assert mm(x3, w, path=path).shape == (1, M, 48)
+
+
+def test_gemm_bad_input():
+    a = K.fp8_quantize(rand(16, 256), "fp8_e4m3_rowwise")
+    b = K.fp8_quantize(rand(32, 128), "fp8_e4m3_rowwise")
+    with pytest.raises(ValueError, match="K must match"):
+        K.fp8_scaled_mm(a, b)
+    with pytest.raises(TypeError, match="QuantizedTensor"):
+        K.fp8_scaled_mm(rand(16, 256), a)
+    with pytest.raises(ValueError, match="FP8 elements"):
+        K.fp8_scaled_mm(a, K.mx_quantize(rand(32, 256), "mxfp4"))
+    g = dataclasses.replace(get_recipe("fp8_e4m3_1x128"), pad=True)
+    with pytest.raises(ValueError, match="multiple of the 128"):
+        K.fp8_scaled_mm(K.fp8_quantize(rand(16, 200), g), K.fp8_quantize(rand(32, 200), g))
+    bad = dataclasses.replace(a, scales=a.scales[:8])
+    with pytest.raises(ValueError, match="scales have shape"):
+        K.fp8_scaled_mm(bad, a)
+    w = K.nvfp4_quantize(rand(32, 256))
+    with pytest.raises(TypeError, match="bfloat16"):
+        K.nvfp4_matmul(rand(4, 256), w)
+    with pytest.raises(ValueError, match="K=128"):
+        K.nvfp4_matmul(rand(4, 128).to(torch.bfloat16), w)
+    with pytest.raises(ValueError, match="recipe"):
+        K.nvfp4_matmul(rand(4, 256).to(torch.bfloat16), K.mx_quantize(rand(32, 256), "mxfp4"))
+
+
+@pytest.mark.parametrize("path", ["triton", "reference"])
+def test_fp8_linear(path):
+    x, w = rand(2, 5, 256, seed=7), 0.02 * rand(48, 256, seed=8)
+    y = K.fp8_linear(x, w, out_dtype=torch.float32, path=path)
+    xq = K.fp8_quantize(x.reshape(-1, 256), "fp8_e4m3_rowwise", path="reference")
+    wq = K.fp8_quantize(w, "fp8_e4m3_rowwise", path="reference")
+    assert y.shape == (2, 5, 48)
+    assert within_fp32_bound(y.reshape(10, 48), xq.dequantize().double(), wq.dequantize().double())

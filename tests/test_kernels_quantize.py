@@ -1,0 +1,137 @@
+"""Triton quantize/dequantize kernels against quantlib.quantize, bit for bit.
+
+Without a GPU the kernels run on the Triton interpreter (tests/conftest.py); the reference twin
+runs on the same inputs. Inputs mix normal data over many magnitudes with rows that hit the
+edge cases: an all-zero block, fp32 subnormals, values near FLT_MAX, exact E2M1 ties, NaN, Inf."""
+import dataclasses
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+import quantlib.kernels as K
+from quantlib.recipes import get_recipe
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def edge_tensor(R=40, C=256, seed=0, nonfinite=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(R, C, generator=g) * torch.exp2(torch.randint(-6, 7, (R, 1), generator=g).float())
+    x[0] = 0.0
+    x[1] *= 1e-39                                     # fp32 subnormals
+    x[2] *= 1e37                                      # near the top of fp32
+    x[3] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0]).repeat(C // 8)
+    x[4, : C // 2] = 0.0                              # a zero half row: all-zero blocks
+    x[5] = torch.linspace(-464.0, 464.0, C)           # E4M3 ties and carries once scaled by 1
+    if nonfinite:
+        x[6, 3] = float("nan")
+        x[7, 40] = float("inf")
+        x[8, 100] = -float("inf")
+    return x.to(DEV)
+
+
+def same(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.is_floating_point():
+        return bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return torch.equal(a, b)
+
+
+def assert_same_qt(a, b):
+    assert torch.equal(a.codes, b.codes), f"{int((a.codes != b.codes).sum())} codes differ"
+    assert same(a.scales, b.scales)
+    assert same(a.tensor_scale, b.tensor_scale)
+    assert a.shape == b.shape and a.dtype == b.dtype and a.recipe == b.recipe
+
+
+QUANTIZERS = {"fp32": K.fp8_quantize, "pow2": K.fp8_quantize, "e4m3": K.nvfp4_quantize,
+              "e8m0": K.mx_quantize}
+CASES = [  # (recipe, input dtype)
+    ("fp8_e4m3_tensor", torch.float32), ("fp8_e5m2_tensor", torch.bfloat16),
+    ("fp8_e4m3_rowwise", torch.bfloat16), ("fp8_e5m2_rowwise", torch.float16),
+    ("fp8_e4m3_1x128", torch.bfloat16), ("fp8_e5m2_1x128", torch.float32),
+    ("fp8_e4m3_128x128", torch.float32), ("nvfp4", torch.bfloat16), ("nvfp4", torch.float32),
+    ("mxfp8_e4m3", torch.bfloat16), ("mxfp8_e5m2", torch.float32), ("mxfp6_e2m3", torch.bfloat16),
+    ("mxfp6_e3m2", torch.float32), ("mxfp4", torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("name,dtype", CASES, ids=[f"{n}-{str(d)[6:]}" for n, d in CASES])
+def test_quantize_dequantize_bit_exact(name, dtype):
+    r = dataclasses.replace(get_recipe(name), pad=True)
+    x = edge_tensor(130 if r.granularity == "block2d" else 40).to(dtype)
+    fq = QUANTIZERS[r.scale_format]
+    a, b = fq(x, r, path="triton"), fq(x, r, path="reference")
+    assert_same_qt(a, b)
+    for dt in (torch.float32, torch.bfloat16):
+        assert same(K.fp8_dequantize(a, dt, path="triton"), b.dequantize(dt))
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3_1x128", "fp8_e4m3_tensor", "nvfp4", "mxfp4"])
+def test_nan_inf_poison_their_groups(name):
+    x = edge_tensor(nonfinite=True)
+    r = get_recipe(name)
+    fq = QUANTIZERS[r.scale_format]
+    a, b = fq(x, r, path="triton"), fq(x, r, path="reference")
+    assert_same_qt(a, b)
+    assert same(K.fp8_dequantize(a, path="triton"), b.dequantize())
+
+
+@pytest.mark.parametrize("rule", ["ceil", "even", "rceil"])
+def test_mx_scale_rules(rule):
+    r = dataclasses.replace(get_recipe("mxfp4"), scale_rule=rule)
+    x = edge_tensor(12, 128)
+    assert_same_qt(K.mx_quantize(x, r, path="triton"), K.mx_quantize(x, r, path="reference"))
+
+
+@pytest.mark.parametrize("gran,block", [("group", 128), ("row", None), ("tensor", None)])
+def test_pow2_scales(gran, block):
+    r = dataclasses.replace(get_recipe("fp8_e4m3_tensor"), granularity=gran, block=block,
+                            scale_format="pow2")
+    x = edge_tensor(12, 256)
+    assert_same_qt(K.fp8_quantize(x, r, path="triton"), K.fp8_quantize(x, r, path="reference"))
+
+
+def test_odd_shapes_padding_and_long_rows():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 300, generator=g).to(DEV)            # N-d, K not a block multiple
+    r = dataclasses.replace(get_recipe("fp8_e4m3_1x128"), pad=True)
+    a, b = K.fp8_quantize(x, r, path="triton"), K.fp8_quantize(x, r, path="reference")
+    assert_same_qt(a, b)
+    assert a.codes.shape == (3, 5, 384) and a.scales.shape == (3, 5, 3)
+    assert same(K.fp8_dequantize(a, path="triton"), b.dequantize())
+    y = torch.randn(3, 9000, generator=g).to(DEV)              # a row longer than one tile
+    assert_same_qt(K.fp8_quantize(y, "fp8_e4m3_rowwise", path="triton"),
+                   K.fp8_quantize(y, "fp8_e4m3_rowwise", path="reference"))
+    z = torch.randn(1, 33, generator=g).to(DEV)                 # odd size, one row
+    r2 = dataclasses.replace(get_recipe("nvfp4"), pad=True)
+    assert_same_qt(K.nvfp4_quantize(z, r2, path="triton"), K.nvfp4_quantize(z, r2, path="reference"))
+
+
+def test_bad_input_is_refused_clearly():
+    x = torch.randn(8, 256, device=DEV)
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16"):
+        K.fp8_quantize(x.to(torch.int32))
+    with pytest.raises(ValueError, match="contiguous"):
+        K.fp8_quantize(x.t())
+    with pytest.raises(ValueError, match="does not divide"):
+        K.fp8_quantize(x[:, :200].contiguous(), "fp8_e4m3_1x128")
+    with pytest.raises(ValueError, match="e2m1"):
+        K.nvfp4_quantize(x, "mxfp4")
+    with pytest.raises(ValueError, match="path"):
+        K.fp8_quantize(x, path="fast")
+    with pytest.raises(TypeError, match="QuantizedTensor"):
+        K.fp8_dequantize(x)
+
+
+def test_triton_path_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        K.fp8_quantize(torch.randn(4, 128), path="triton")
+    # path="auto" falls back to the reference on the same call
+    assert K.fp8_quantize(torch.randn(4, 128)).codes.shape == (4, 128)

@@ -1,0 +1,57 @@
+"""The tables and roofline points of the kernels chapter."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from quantlib.kernels import _minifloat
+from quantlib.kernels.report import (
+    benchmark_table,
+    bit_exact_table,
+    check_table,
+    kernel_source,
+    load_gpu_results,
+    roofline_points,
+)
+
+RUN = {"device": "GPU X", "date": "2026-01-01T00:00:00", "checks": [
+    {"check": "quantize a", "pass": True, "detail": "ok"},
+    {"check": "gemm b", "pass": False, "detail": "max err / fp32 bound = 1.9"}],
+    "benchmarks": [
+    {"bench": "device copy", "GB/s": 3000.0},
+    {"bench": "quantize q", "shape": [8192, 8192], "GB/s": 2700.0, "copy GB/s": 3000.0,
+     "ratio": 0.9, "bar": 0.85, "pass": True},
+    {"bench": "fp8 mm", "M": 8192, "N": 8192, "K": 8192, "scales": "tensor", "ms": 1.0,
+     "TFLOP/s": 1099.5, "best baseline TFLOP/s": 1200.0, "ratio": 0.92, "bar": 0.9, "pass": True},
+    {"bench": "w4a16", "M": 1, "N": 8192, "K": 8192, "ms": 0.015, "cuBLAS bf16 ms": 0.045,
+     "speedup": 3.0, "bar": 2.5, "pass": True},
+    {"bench": "later", "skipped": "time budget"}]}
+
+
+def test_bit_exact_table_reports_zero_differences():
+    x = torch.randn(8, 128, generator=torch.Generator().manual_seed(0))
+    t = bit_exact_table(x, ["fp8_e4m3_1x128", "nvfp4"])
+    assert t.column("codes differing") == [0, 0]
+    assert t.column("dequantize equal") == [True, True]
+
+
+def test_results_tables_and_roofline(tmp_path):
+    path = tmp_path / "gpu_check.json"
+    path.write_text(json.dumps(RUN))
+    run = load_gpu_results(path)
+    assert check_table(run).column("pass") == [True, False]
+    b = benchmark_table(run)
+    assert len(b.rows) == 4 and b.column("ratio")[1:] == [0.9, 0.92, 3.0]
+    assert len(benchmark_table(run, skipped=True).rows) == 5
+    pts = roofline_points(run)
+    fp8 = next(p for p in pts if p["kernel"].startswith("FP8"))
+    assert fp8["ai"] == pytest.approx(2 * 8192**3 / (4 * 8192**2))     # 2MNK / (MK+NK+2MN)
+    w4 = next(p for p in pts if p["kernel"] == "W4A16 (ours)")
+    assert w4["ai"] == pytest.approx(2 * 8192**2 / (2 * 8192 + 8192**2 * 0.5625 + 2 * 8192))
+
+
+def test_kernel_source_unwraps_the_jit():
+    src = kernel_source(_minifloat.encode_minifloat)
+    assert src.startswith("@triton.jit") and "def encode_minifloat" in src
