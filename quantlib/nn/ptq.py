@@ -1,0 +1,179 @@
+"""Post-training quantization of a whole model: swap its nn.Linear layers for QuantLinear.
+
+`quantize_model(model, config, skip=...)` works on any torch model (the digits MLP, MiniLM, a
+Hugging Face LLM on a GPU): weights are rounded to nearest (RTN) with a chosen calibrator, or by
+GPTQ; activation scales are dynamic, or static from a calibration set. `memory_report` shows
+where the bytes went, scales included; `compare_ptq` makes the results tables of chapter 7.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from quantlib.nn.calibrate import (
+    calibrate_activations,
+    calibrator_by_name,
+    collect_inputs,
+    linear_layers,
+    with_calibrator,
+)
+from quantlib.nn.linear import QuantConfig, QuantLinear, get_config, supports_static
+from quantlib.qtensor import quantize
+from quantlib.table import Table
+
+
+def select_layers(model: nn.Module, skip=None) -> list[str]:
+    """Names of the nn.Linear layers to quantize. `skip`: None, a name or glob pattern
+    ("pooler.*", "*lm_head"), a list of them, or a predicate (name, module) -> True to skip."""
+    layers = linear_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers: quantize_model swaps "
+                         f"nn.Linear modules (convolutions, custom layers are left alone)")
+    if skip is None:
+        keep = list(layers)
+    elif callable(skip):
+        keep = [n for n, m in layers.items() if not skip(n, m)]
+    else:
+        pats = [skip] if isinstance(skip, str) else list(skip)
+        keep = [n for n in layers if not any(fnmatch.fnmatchcase(n, p) for p in pats)]
+    if not keep:
+        raise ValueError(f"skip={skip!r} skips all {len(layers)} linear layers: nothing to quantize")
+    return keep
+
+
+def _calibrator(c, recipe):
+    return calibrator_by_name(c, recipe) if isinstance(c, str) else c
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | None = None,
+                   weight_calibrator: str | Callable | None = None,
+                   act_calibrator: str | Callable | None = None, method: str = "rtn",
+                   inplace: bool = False, gptq_options: dict | None = None) -> nn.Module:
+    """Quantize every nn.Linear of `model` (a copy unless inplace) with `config`.
+
+    config: a QuantConfig, a name of `CONFIGS` ("w8a8_fp8", "nvfp4_w4a4", ...) or a recipe name
+    ("nvfp4", "int4_g128", ...: weight-only). weight_calibrator / act_calibrator: "max",
+    "percentile_99.9", "mse" or a callable (see `quantlib.nn.calibrate`). With `calibration`
+    batches, per-tensor activation recipes get static scales; method="gptq" needs them too
+    (gptq_options: block_size, damp, act_order, and sequential=False to take every layer's
+    inputs from one pass of the FP32 model instead of one pass per layer).
+    """
+    cfg = get_config(config)
+    if method not in ("rtn", "gptq"):
+        raise ValueError(f"method {method!r}: use 'rtn' (round to nearest) or 'gptq'")
+    if method == "gptq" and calibration is None:
+        raise ValueError("GPTQ needs calibration batches (a few hundred tokens of typical input)")
+    calibration = list(calibration) if calibration is not None else None
+    model = model if inplace else copy.deepcopy(model)
+    names = select_layers(model, skip)
+    layers = linear_layers(model)
+    w_recipe = with_calibrator(cfg.weight, _calibrator(weight_calibrator, cfg.weight))
+    cfg_w = QuantConfig(cfg.name, w_recipe, cfg.activation, cfg.description)
+
+    act_amax = {}
+    a = cfg.activation
+    if supports_static(a) and calibration is not None:
+        act_amax = calibrate_activations(model, calibration, _calibrator(act_calibrator, a), names)
+
+    gptq_options = dict(gptq_options or {})
+    # GPTQ's layer inputs: sequential (each layer sees the already quantized layers before it,
+    # one forward pass per layer) or all at once from the FP32 model (one pass, faster)
+    sequential = gptq_options.pop("sequential", True)
+    inputs = collect_inputs(model, calibration, names) if method == "gptq" and not sequential \
+        else {}
+    for name in names:
+        lin = layers[name]
+        try:
+            if method == "gptq":
+                from quantlib.nn.gptq import gptq_quantize, hessian
+                x = inputs.pop(name) if name in inputs else \
+                    collect_inputs(model, calibration, [name])[name]
+                qweight, _ = gptq_quantize(lin.weight, hessian(x).to(lin.weight.device),
+                                           w_recipe, **gptq_options)
+            else:
+                qweight = quantize(lin.weight.detach(), w_recipe)
+        except ValueError as e:
+            raise ValueError(f"layer {name!r} ({lin.out_features}x{lin.in_features}): {e}; or "
+                             f"leave the layer in full precision with skip=[{name!r}]") from None
+        _replace(model, name, QuantLinear.from_linear(lin, cfg_w, qweight, act_amax.get(name)))
+    return model
+
+
+# ---- sizes --------------------------------------------------------------------------------------
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def size_by_component(model: nn.Module) -> dict[str, int]:
+    """Bytes of a model by component: linear weights (codes), their scales (+ tensor scales,
+    zero points, static activation amax), biases, and everything else (embeddings, norms)."""
+    out = dict.fromkeys(["linear weights", "scales", "biases", "other parameters"], 0)
+    counted = set()
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            out["linear weights"] += _nbytes(m.weight_codes)
+            out["scales"] += sum(_nbytes(t) for t in (m.weight_scales, m.weight_tensor_scale,
+                                                       m.weight_zero_point, m.act_amax))
+            tensors = [m.weight_codes, m.weight_scales, m.weight_tensor_scale,
+                       m.weight_zero_point, m.act_amax]
+        elif isinstance(m, nn.Linear):
+            out["linear weights"] += _nbytes(m.weight)
+            tensors = [m.weight]
+        else:
+            continue
+        out["biases"] += _nbytes(m.bias)
+        counted.update(id(t) for t in tensors + [m.bias] if t is not None)
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in counted:
+            counted.add(id(t))
+            out["other parameters"] += _nbytes(t)
+    out["total"] = sum(out.values())
+    return out
+
+
+def memory_report(before: nn.Module, after: nn.Module, title: str | None = None) -> Table:
+    """Bytes by component before and after quantization, and the ratio (scales included)."""
+    b, a = size_by_component(before), size_by_component(after)
+    t = Table(["component", "before (bytes)", "after (bytes)", "after / before"],
+              title=title or "Model memory by component", digits=3)
+    for k in b:
+        t.append([k, b[k], a[k], a[k] / b[k] if b[k] else None])
+    return t
+
+
+def compare_ptq(model: nn.Module, variants: Iterable, evaluate: Callable[[nn.Module], dict],
+                title: str | None = None, fp32_row: bool = True, **common) -> Table:
+    """The results table: one row per variant (FP32 first), with the stored size of the linear
+    layers (codes + scales), bits per weight, size vs FP32 and the metrics `evaluate(model)`
+    returns ({name: value}).
+
+    A variant is a config (name or QuantConfig) or a tuple (label, config, {quantize_model
+    options}), e.g. ("GPTQ", "int4_g128", {"method": "gptq"}); `common` options go to every
+    quantize_model call (skip=..., calibration=...)."""
+    base = size_by_component(model)
+    n_weights = sum(m.weight.numel() for m in linear_layers(model).values())
+    table = None
+    rows = [("fp32", None, {})] if fp32_row else []
+    for v in variants:
+        rows.append(v if isinstance(v, tuple) else (get_config(v).name, v, {}))
+    for label, config, opts in rows:
+        m = model if config is None else quantize_model(model, config, **{**common, **opts})
+        bits = "W32A32" if config is None else get_config(config).bits
+        size = size_by_component(m)
+        lin = size["linear weights"] + size["scales"]
+        metrics = evaluate(m)
+        if table is None:
+            table = Table(["variant", "bits", "linear bytes", "bits/weight", "size / FP32",
+                           *metrics], title=title, digits=4)
+        table.append([label, bits, lin, round(8 * lin / n_weights, 2),
+                      round(size["total"] / base["total"], 3), *metrics.values()])
+    return table
