@@ -11,7 +11,7 @@ from quantlib.table import Table
 from quantlib.device import device_report, kernel_path
 from quantlib.formats import Format, get_format, FORMATS, value_table, compare_formats
 from quantlib.codecs import encode, decode, round_to_format
-from quantlib.memory import (ModelConfig, get_config, param_count, inference_memory,
+from quantlib.memory import (ModelConfig, get_model_config, param_count, inference_memory,
                              kv_cache_memory, training_memory, format_bytes)
 from quantlib.packing import pack_nibbles, unpack_nibbles
 from quantlib.recipes import Recipe, recipes, get_recipe, RECIPES

@@ -9,7 +9,7 @@ from quantlib.recipes import get_recipe
 
 from quantlib.memory import (PRESETS, STORAGE_FORMATS, ModelConfig, activation_memory,
                              bits_per_element, build_model, bytes_per_parameter, format_bytes,
-                             get_config, inference_memory, inference_table, kv_cache_memory,
+                             get_model_config, inference_memory, inference_table, kv_cache_memory,
                              layer_activation_memory, linear_param_count, param_count,
                              saved_tensors, sharding_table, storage_format, strategy_table,
                              to_unit, training_memory)
@@ -62,7 +62,7 @@ class TestParamCount:
         assert param_count(cfg) == PUBLISHED["Llama-3.2-1B"]
 
     def test_qwen2_has_qkv_bias_without_the_key(self):
-        cfg = get_config("qwen2.5-0.5b")          # case-insensitive
+        cfg = get_model_config("qwen2.5-0.5b")          # case-insensitive
         assert cfg.attention_bias
         no_bias = ModelConfig(**{**cfg.__dict__, "attention_bias": False})
         L = cfg.num_hidden_layers
@@ -184,14 +184,14 @@ class TestTraining:
     def test_activation_closed_form(self, norm, norm_bytes):
         # Per layer, BF16: T (c h + 4 q_dim + 4 kv_dim + 8f + 4a + 8) bytes, c = 8 or 20
         for name in ("Llama-2-7B", "Llama-3-8B", "Qwen2.5-0.5B"):
-            c, b, s = get_config(name), 2, 512
+            c, b, s = get_model_config(name), 2, 512
             T = b * s
             want = T * (norm_bytes * c.hidden_size + 4 * c.q_dim + 4 * c.kv_dim
                         + 8 * c.intermediate_size + 4 * c.num_attention_heads + 8)
             assert layer_activation_memory(c, b, s, norm=norm) == want
 
     def test_recompute_keeps_layer_inputs(self):
-        c = get_config("Llama-2-7B")
+        c = get_model_config("Llama-2-7B")
         full = activation_memory(c, 1, 4096)
         rec = activation_memory(c, 1, 4096, recompute=True)
         head = activation_memory(c, 1, 4096) - c.num_hidden_layers * layer_activation_memory(
@@ -210,7 +210,7 @@ class TestTraining:
         # QT: q, k and v each keep a 1-byte copy of the normed input (3h instead of 2h bytes),
         # gate and up likewise (2h: no change), down 1 byte instead of 2 (saves f), and the o
         # projection a 1-byte copy of the attention output that the kernel keeps anyway (+q_dim)
-        c = get_config("Llama-2-7B")
+        c = get_model_config("Llama-2-7B")
         TL = 2048 * c.num_hidden_layers
         assert ptq.activations - qt.activations == TL * (c.intermediate_size - c.hidden_size
                                                          - c.q_dim)
@@ -226,7 +226,7 @@ class TestTraining:
 class TestBadInput:
     def test_unknown_preset_lists_valid(self):
         with pytest.raises(KeyError, match="Llama-2-7B.*Qwen2.5-0.5B"):
-            get_config("Llama-9B")
+            get_model_config("Llama-9B")
         with pytest.raises(KeyError, match="valid presets"):
             param_count("gpt-2")
 

@@ -9,7 +9,7 @@ real training step (plus FSDP2 on CPU ranks) to check the predictions.
 - model.py, tracker.py, fsdp.py: the measured side
 - plots.py: the chapter's figures (matplotlib, imported on use)
 """
-from quantlib.memory.config import (PRESETS, ModelConfig, get_config, linear_param_count,
+from quantlib.memory.config import (PRESETS, ModelConfig, get_model_config, linear_param_count,
                                     param_breakdown, param_count, preset_table)
 from quantlib.memory.units import GB, GiB, format_bytes, to_unit
 from quantlib.memory.inference import (STORAGE_FORMATS, InferenceMemory, StorageFormat,
@@ -27,7 +27,7 @@ from quantlib.memory.tracker import (MeasuredMemory, compare_table, cuda_peak_me
                                      predicted_vs_measured, storage_bytes)
 from quantlib.memory.fsdp import fsdp_table, measure_fsdp
 
-__all__ = ["PRESETS", "ModelConfig", "get_config", "linear_param_count", "param_breakdown",
+__all__ = ["PRESETS", "ModelConfig", "get_model_config", "linear_param_count", "param_breakdown",
            "param_count", "preset_table", "GB", "GiB", "format_bytes", "to_unit",
            "STORAGE_FORMATS", "InferenceMemory", "StorageFormat", "bits_per_element",
            "inference_memory", "inference_table", "kv_cache_memory", "kv_cache_table",

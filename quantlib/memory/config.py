@@ -121,7 +121,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
 
 
-def get_config(name: str) -> ModelConfig:
+def get_model_config(name: str) -> ModelConfig:
     """A preset by name (case-insensitive), e.g. "Llama-2-7B"; see `PRESETS`."""
     for key, cfg in _PRESETS.items():
         if key.lower() == str(name).lower():
@@ -131,7 +131,7 @@ def get_config(name: str) -> ModelConfig:
 
 
 def _as_config(config: ModelConfig | str) -> ModelConfig:
-    return get_config(config) if isinstance(config, str) else config
+    return get_model_config(config) if isinstance(config, str) else config
 
 
 def param_breakdown(config: ModelConfig | str) -> dict[str, int]:
@@ -170,7 +170,7 @@ def preset_table(names: tuple[str, ...] | list[str] = PRESETS) -> Table:
     t = Table(["model", "hidden", "layers", "heads", "kv heads", "head dim", "MLP", "vocab",
                "tied", "parameters"], title="Llama-style presets (published config.json)")
     for n in names:
-        c = get_config(n)
+        c = get_model_config(n)
         t.append([c.name, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
                   c.num_key_value_heads, c.head_dim, c.intermediate_size, c.vocab_size,
                   c.tie_word_embeddings, param_count(c)])
