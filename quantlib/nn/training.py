@@ -1,0 +1,303 @@
+"""Low-precision training: a linear layer whose three GEMMs take FP8 (or NVFP4, BF16) operands.
+
+One training step of y = x W^T + b runs three GEMMs, each `a @ b.T` with both operands laid out
+(rows, contraction) and quantized along that contraction dimension:
+
+    fprop  y  = x    @ W^T    a = x    (M, K)   b = W    (N, K)
+    dgrad  dx = dy   @ W      a = dy   (M, N)   b = W^T  (K, N)
+    wgrad  dW = dy^T @ x      a = dy^T (N, M)   b = x^T  (K, M)
+
+x and W take the recipe's forward format (E4M3), dy its gradient format (E5M2 in HYBRID). The
+master weight, its gradient, the bias and the optimizer stay FP32; products accumulate in FP32.
+On a GPU with FP8 tensor cores (sm_89+) the per-tensor, row-wise and block recipes call the FP8
+GEMM kernel `quantlib.kernels.fp8_scaled_mm`; elsewhere this is the emulation: quantize,
+dequantize, FP32 matmul (the same numbers, up to the order of the FP32 accumulation).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import torch
+from torch import nn
+
+from quantlib.codecs import encode, round_to_format
+from quantlib.device import kernel_path
+from quantlib.formats import get_format
+from quantlib.nn.hadamard import hadamard_transform, random_hadamard_matrix
+from quantlib.nn.training_recipes import ROLES, AmaxHistory, TrainingRecipe, get_training_recipe
+from quantlib.qtensor import QuantizedTensor, quantize
+from quantlib.recipes import get_recipe
+from quantlib.scaling import scale_shape
+
+
+class FP8Linear(nn.Linear):
+    """nn.Linear trained with low-precision GEMMs (`recipe`: a TrainingRecipe or its name).
+
+    Same parameters and state_dict keys as nn.Linear. Delayed-scaling amax histories and the
+    Hadamard matrix are non-persistent buffers. `record_stats = True` fills `stats` with one
+    `cast_stats` dict per cast (flushed values, QSNR energies, clipped values); it also forces
+    the emulation. `use_kernel = False` forces it too.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 recipe: TrainingRecipe | str = "fp8_current", seed: int = 0,
+                 device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.recipe = get_training_recipe(recipe)
+        check_shape(self.recipe, in_features, out_features)
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self.record_stats, self.stats = False, []
+        self.use_kernel = True      # False: emulate even where the FP8 GEMM kernel could run
+        self._init_buffers(device)
+
+    def _init_buffers(self, device) -> None:
+        r = self.recipe
+        if r.scaling == "delayed":
+            for role in ROLES:
+                self.register_buffer(f"amax_history_{role}", torch.zeros(
+                    r.amax_history_len, device=device), persistent=False)
+        if r.hadamard_wgrad:
+            self.register_buffer("hadamard", random_hadamard_matrix(r.hadamard_size, self.seed).to(
+                device), persistent=False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, recipe: TrainingRecipe | str, seed: int = 0):
+        """An FP8Linear that shares `linear`'s Parameter objects (optimizer state stays valid)."""
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, recipe, seed,
+                  device="meta")
+        new.weight, new.bias = linear.weight, linear.bias
+        new._init_buffers(linear.weight.device)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _LowPrecisionLinear.apply(x, self.weight, self.bias, self)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", recipe={self.recipe.name}"
+
+    # ---- scales and casts -------------------------------------------------------------------
+    def tensor_scale(self, t: torch.Tensor, role: str) -> torch.Tensor | None:
+        """The per-tensor dequantization scale `role` uses this step, when the recipe fixes it
+        outside `quantize` ("delayed": from the history, then this amax is recorded; "none": 1)."""
+        r = self.recipe
+        if r.kind != "fp8" or r.granularity != "tensor" or r.scaling == "current":
+            return None
+        if r.scaling == "none":
+            return torch.ones((), device=t.device)
+        hist = AmaxHistory(get_format(r.element(role)).max, algo=r.amax_compute_algo,
+                           margin=r.margin, history=getattr(self, f"amax_history_{role}"))
+        s = hist.scale()
+        if self.training:
+            hist.update(t.detach().abs().amax().float())
+        return s
+
+    def cast(self, t: torch.Tensor, role: str, gemm: str,
+             scale: torch.Tensor | None = None) -> torch.Tensor:
+        """`t` (rows, contraction) quantized as `role` and dequantized to FP32 (+ stats)."""
+        q, used = cast_operand(t, self.recipe, role, scale, self._generator(t.device))
+        if self.record_stats:
+            self.stats.append(cast_stats(t.detach().float(), q, role, gemm, used,
+                                         self.recipe.element(role)))
+        return q
+
+    def operand(self, t: torch.Tensor, role: str, gemm: str, scale=None):
+        """`t` (rows, contraction) quantized as `role`: a QuantizedTensor for the FP8 GEMM kernel
+        where the device has FP8 tensor cores and the recipe's scales fit it, else the
+        dequantized FP32 operand of the emulation."""
+        if self._fp8_kernel_ok(t):
+            return self.quantize_operand(t, role, scale)
+        return self.cast(t, role, gemm, scale)
+
+    def transposed(self, q, role: str):
+        """q^T for the GEMM that contracts over q's other dimension, when quantizing the
+        transpose gives the same values (per-tensor scales, 128x128 / 16x16 weight blocks, BF16),
+        as real FP8 training reuses one FP8 copy; None when it must be quantized again."""
+        r = self.recipe
+        same = (r.kind in ("none", "cast") or (r.kind == "fp8" and r.granularity == "tensor")
+                or (role == "w" and (r.kind == "nvfp4" or r.granularity == "block")))
+        return q.t() if same and isinstance(q, torch.Tensor) else None
+
+    def _fp8_kernel_ok(self, t: torch.Tensor) -> bool:
+        r = self.recipe
+        return (t.is_cuda and self.use_kernel and not self.record_stats and r.kind == "fp8"
+                and r.granularity in ("tensor", "row", "block")
+                and kernel_path(t.device) in ("native-fp8", "native-fp4"))
+
+    def quantize_operand(self, t: torch.Tensor, role: str, scale=None) -> QuantizedTensor:
+        """`t` (rows, contraction) as an FP8 QuantizedTensor for the GEMM kernel."""
+        from quantlib.kernels import fp8_quantize
+        t, r = t.detach().float().contiguous(), self.recipe
+        if scale is None:
+            return fp8_quantize(t, r.operand_recipe(role))
+        recipe = get_recipe(f"fp8_{r.element(role)}_tensor")     # a scale fixed outside
+        codes = encode(t * (1.0 / scale), recipe.element, overflow="saturate")
+        return QuantizedTensor(codes, scale.float().reshape(scale_shape(recipe, t.shape)), recipe,
+                               t.shape, t.dtype)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device).manual_seed(self.seed)
+        return self._generators[device]
+
+
+def cast_operand(t: torch.Tensor, recipe: TrainingRecipe, role: str,
+                 scale: torch.Tensor | None = None, generator: torch.Generator | None = None):
+    """(`t` quantized as `role` of `recipe` and dequantized to FP32, the per-tensor scale used or
+    None). `t` is laid out (rows, contraction); `scale` fixes a per-tensor scale (delayed scaling,
+    or 1 for no scaling); `generator` drives stochastic rounding of gradients."""
+    r, t = recipe, t.detach().float()
+    if r.kind == "none":
+        return t, None
+    if r.kind == "cast":
+        return round_to_format(t, r.cast_format), None
+    if scale is not None:          # per-tensor scale chosen outside (delayed / none)
+        return round_to_format(t * (1.0 / scale), r.element(role), overflow="saturate") * scale, \
+            scale
+    if role == "dy" and r.stochastic_grad:
+        return _stochastic_quantize(t, r.operand_recipe(role), generator), None
+    qt = quantize(t, r.operand_recipe(role))
+    return qt.dequantize(), qt.scales.reshape(()) if qt.recipe.granularity == "tensor" else None
+
+
+def _stochastic_quantize(t: torch.Tensor, recipe, generator: torch.Generator) -> torch.Tensor:
+    """Quantize with `recipe`'s scales but stochastic rounding of the elements: the scales come
+    from `quantize`, the elements from round_to_format(t * r, rounding="stochastic")."""
+    qt = quantize(t, recipe)
+    s = qt.scale_values() if qt.tensor_scale is None else qt.scale_values() * qt.tensor_scale
+    s = s.repeat_interleave(recipe.block, dim=-1)[..., :t.shape[-1]] \
+        if recipe.granularity == "group" else s
+    r = (1.0 / s).clamp(max=torch.finfo(torch.float32).max)   # a zero scale: r = FLT_MAX
+    return round_to_format(t * r, recipe.element, rounding="stochastic", overflow="saturate",
+                           generator=generator) * s
+
+
+def _clip_threshold(element) -> float:
+    """Scaled magnitudes above this do not round to max: they are clipped (E4M3: 464 -> 448 is
+    rounding, beyond is clipping)."""
+    f = get_format(element)
+    return f.max + 2.0 ** (math.floor(math.log2(f.max)) - f.mbits - 1)
+
+
+def cast_stats(t, q, role, gemm, scale, element) -> dict:
+    """What one cast did: counts of nonzero values and of those flushed to zero, signal and
+    noise energy (for QSNR), and values beyond max * scale past rounding (per-tensor scales only,
+    else None)."""
+    nonzero = t != 0
+    return {"gemm": gemm, "role": role, "format": element, "numel": t.numel(),
+            "amax": t.abs().max().item(), "scale": None if scale is None else scale.item(),
+            "nonzero": nonzero.sum().item(), "flushed": ((q == 0) & nonzero).sum().item(),
+            "signal": t.double().square().sum().item(),
+            "noise": (t.double() - q.double()).square().sum().item(),
+            "clipped": None if scale is None else (t.abs() * (1.0 / scale) > _clip_threshold(
+                element)).sum().item()}
+
+
+def summarize_stats(stats: list[dict]) -> dict:
+    """Casts pooled: share of nonzero values flushed to zero, QSNR (dB), clipped count."""
+    nz, sig, noise = (sum(s[k] for s in stats) for k in ("nonzero", "signal", "noise"))
+    return {"flushed": sum(s["flushed"] for s in stats) / max(nz, 1),
+            "qsnr": math.inf if noise == 0 else 10 * math.log10(sig / noise) if sig else -math.inf,
+            "clipped": sum(s["clipped"] or 0 for s in stats)}
+
+
+def _matmul(qa, qb) -> torch.Tensor:
+    """a @ b.T in FP32: the FP8 kernel for QuantizedTensors, else the emulation's FP32 matmul."""
+    if isinstance(qa, QuantizedTensor):
+        from quantlib.kernels import fp8_scaled_mm
+        return fp8_scaled_mm(qa, qb, out_dtype=torch.float32)
+    return qa @ qb.t()
+
+
+class _LowPrecisionLinear(torch.autograd.Function):
+    """The three GEMMs of the module docstring; FP32 in, FP32 out."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer: FP8Linear):
+        x2 = x.reshape(-1, x.shape[-1])
+        sx, sw = layer.tensor_scale(x2, "x"), layer.tensor_scale(weight, "w")
+        qx, qw = layer.operand(x2, "x", "fprop", sx), layer.operand(weight, "w", "fprop", sw)
+        y = _matmul(qx, qw)
+        if bias is not None:
+            y = y + bias.float()
+        ctx.save_for_backward(x2, weight)
+        ctx.layer, ctx.scales, ctx.x_shape, ctx.has_bias = layer, (sx, sw), x.shape, bias is not None
+        ctx.qxt = None if layer.recipe.hadamard_wgrad else layer.transposed(qx, "x")
+        ctx.qwt = layer.transposed(qw, "w")
+        return y.reshape(*x.shape[:-1], -1).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, weight = ctx.saved_tensors
+        layer, (sx, sw), r = ctx.layer, ctx.scales, ctx.layer.recipe
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        sg = layer.tensor_scale(dy2, "dy")
+        dx = dw = db = None
+        qg = None
+        if ctx.needs_input_grad[0]:
+            qg = layer.operand(dy2, "dy", "dgrad", sg)
+            qwt = ctx.qwt if ctx.qwt is not None else layer.operand(weight.t(), "w", "dgrad", sw)
+            dx = _matmul(qg, qwt).reshape(ctx.x_shape).to(dy.dtype)
+        if ctx.needs_input_grad[1]:
+            check_tokens(r, x2.shape[0])
+            a, b = dy2.t(), x2.t()
+            if r.hadamard_wgrad:        # (dy^T H)(x^T H)^T = dy^T x: only the rounding changes
+                a, b = hadamard_transform(a.float(), layer.hadamard), \
+                    hadamard_transform(b.float(), layer.hadamard)
+            qgt = None if qg is None or r.hadamard_wgrad else layer.transposed(qg, "dy")
+            qa = qgt if qgt is not None else layer.operand(a, "dy", "wgrad", sg)
+            qb = ctx.qxt if ctx.qxt is not None else layer.operand(b, "x", "wgrad", sx)
+            dw = _matmul(qa, qb).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy2.float().sum(0)
+        ctx.qxt = ctx.qwt = None
+        return dx, dw, db, None
+
+
+def check_shape(recipe: TrainingRecipe, in_features: int, out_features: int,
+                name: str = "") -> None:
+    """Block recipes need whole blocks along every contraction dimension: K (fprop), N (dgrad)."""
+    b = recipe.block
+    for what, n in (("in_features", in_features), ("out_features", out_features)):
+        if n % b:
+            layer = f"layer {name!r}: " if name else ""
+            raise ValueError(f"{layer}{what}={n} is not a multiple of the {b}-element block of "
+                             f"training recipe {recipe.name!r} (scales are shared along the "
+                             f"contraction dimension): pad the layer to a multiple of {b}, or "
+                             "leave it in high precision with skip=[...]")
+
+
+def check_tokens(recipe: TrainingRecipe, m: int) -> None:
+    """wgrad contracts over the tokens (batch x sequence): they must fill whole blocks too."""
+    b = max(recipe.block, recipe.hadamard_size if recipe.hadamard_wgrad else 1)
+    if m % b:
+        raise ValueError(f"{m} tokens (batch x sequence) is not a multiple of {b}: the wgrad "
+                         f"GEMM of recipe {recipe.name!r} contracts over tokens in blocks of {b}; "
+                         "change the batch size or the sequence length")
+
+
+def convert_to_low_precision_training(model: nn.Module, recipe: TrainingRecipe | str,
+                                      skip=(), seed: int = 0) -> nn.Module:
+    """Swap every nn.Linear of `model` (in place) for an FP8Linear running `recipe`, except those
+    whose qualified name matches a pattern in `skip` (fnmatch: "head", "blocks.0.*").
+    Parameters are shared, not copied, so state_dict keys and the optimizer are unchanged."""
+    recipe = get_training_recipe(recipe)
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    if type(model) is nn.Linear:
+        check_shape(recipe, model.in_features, model.out_features)
+        return FP8Linear.from_linear(model, recipe, seed)
+    linears = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    for pattern in skip:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in linears):
+            raise ValueError(f"skip pattern {pattern!r} matches no nn.Linear; the linear layers "
+                             f"are {linears}")
+    for i, name in enumerate(linears):
+        if any(fnmatch.fnmatchcase(name, p) for p in skip):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        lin = getattr(parent, child)
+        check_shape(recipe, lin.in_features, lin.out_features, name)
+        setattr(parent, child, FP8Linear.from_linear(lin, recipe, seed + i))
+    return model
