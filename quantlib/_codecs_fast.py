@@ -139,15 +139,31 @@ def _encode_lut(x, f, rounding, overflow):
             v = v.abs()                                         # negatives raised before
         lut = _encode_explicit(v, f, rounding, overflow).to(torch.uint8).to(x.device)
         _CACHE[(f.name, rounding, overflow, x.device)] = lut
-    # index = top 16 bits with a sticky bit: (low 16 bits + 0xFFFF) carries into bit 16 exactly
-    # when a low bit is set, and OR-ing that into x's bits sets bit 16 (round to odd)
     xi = x.reshape(-1).view(torch.int32)
-    idx = xi & 0xFFFF
+    if x.device.type != "cpu" or xi.numel() <= _CHUNK:
+        return torch.index_select(lut, 0, _lut_index(xi, torch.empty_like(xi))).view(x.shape)
+    # On a CPU the five passes of _lut_index run over cache-sized chunks (about 1.5x faster)
+    out = torch.empty(xi.numel(), dtype=torch.uint8)
+    buf = torch.empty(_CHUNK, dtype=torch.int32)
+    for s in range(0, xi.numel(), _CHUNK):
+        c = xi[s:s + _CHUNK]
+        torch.index_select(lut, 0, _lut_index(c, buf[:c.numel()]), out=out[s:s + c.numel()])
+    return out.view(x.shape)
+
+
+_CHUNK = 1 << 18
+
+
+def _lut_index(xi, idx):
+    """Top 16 bits of float32 bits `xi` with a sticky bit, written into `idx`: (low 16 bits +
+    0xFFFF) carries into bit 16 exactly when a low bit is set, and OR-ing that into x's bits sets
+    bit 16 (round to odd)."""
+    torch.bitwise_and(xi, 0xFFFF, out=idx)
     idx += 0xFFFF
     idx |= xi
     idx >>= 16
     idx &= 0xFFFF          # drop the sign extension of the arithmetic shift
-    return torch.index_select(lut, 0, idx).view(x.shape)
+    return idx
 
 
 def _decode_lut(f, device):
