@@ -1,9 +1,10 @@
 """The quantized tensor and the one entry point, `quantize(x, recipe)`.
 
 A `QuantizedTensor` holds what a checkpoint or a kernel needs: uint8 codes (4-bit codes packed
-two per byte, element 2i in the low nibble), the stored scales (float32, or uint8 E8M0/E4M3
-codes), the NVFP4 tensor scale, the zero point of asymmetric INT, the recipe, and the original
-shape and dtype. The arithmetic is the one written out in `quantlib.recipes`.
+two per byte, element 2i in the low nibble; 6-bit codes four per 3 bytes), the stored scales
+(float32, or uint8 E8M0/E4M3 codes), the NVFP4 tensor scale, the zero point of asymmetric INT,
+the recipe, and the original shape and dtype. The arithmetic is the one written out in
+`quantlib.recipes`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from quantlib.codecs import decode, encode
-from quantlib.packing import pack_nibbles, unpack_nibbles
+from quantlib.packing import pack_6bit, pack_nibbles, unpack_6bit, unpack_nibbles
 from quantlib.recipes import Recipe, get_recipe, padded_last_dim
 from quantlib.scaling import (blocked, compute_scale, e8m0_values, mx_element, pad_to_blocks,
                               scale_shape)
@@ -28,11 +29,30 @@ def _fixed_point(recipe) -> float:
     return 2.0 ** mx_element(recipe.format)[2] if recipe.mx_int8 else 1.0
 
 
+def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """(..., Kp) codes -> what `QuantizedTensor.codes` stores: 4-bit codes two per byte, 6-bit
+    codes four per 3 bytes (`quantlib.packing`), zero codes filling the last pair or quad."""
+    if bits == 4:
+        return pack_nibbles(torch.nn.functional.pad(q, (0, -q.shape[-1] % 2)))
+    if bits == 6:
+        return pack_6bit(torch.nn.functional.pad(q, (0, -q.shape[-1] % 4)))
+    return q
+
+
+def unpack_codes(codes: torch.Tensor, bits: int, kp: int) -> torch.Tensor:
+    """Inverse of `pack_codes`: one uint8 code per element, (..., kp)."""
+    if bits == 4:
+        return unpack_nibbles(codes)[..., :kp]
+    if bits == 6:
+        return unpack_6bit(codes)[..., :kp]
+    return codes
+
+
 @dataclass(eq=False)
 class QuantizedTensor:
     """Codes + scales (+ tensor scale, zero point) of one tensor under one recipe."""
 
-    codes: torch.Tensor                 # uint8, (*shape[:-1], Kp) or packed (*shape[:-1], Kp/2)
+    codes: torch.Tensor                 # uint8 (*shape[:-1], Kp), 4-bit: Kp/2, 6-bit: 3Kp/4
     scales: torch.Tensor                # float32, or uint8 codes (E8M0 bytes, E4M3 codes)
     recipe: Recipe
     shape: torch.Size                   # the original shape (before padding)
@@ -53,9 +73,7 @@ class QuantizedTensor:
 
     def _codes_unpacked(self) -> torch.Tensor:
         kp = padded_last_dim(self.recipe, tuple(self.shape) or (1,))
-        if self.recipe.format.bits == 4:
-            return unpack_nibbles(self.codes)[..., :kp]
-        return self.codes
+        return unpack_codes(self.codes, self.recipe.format.bits, kp)
 
     def _apply(self, v: torch.Tensor, fn) -> torch.Tensor:
         """fn(blocked values, keepdim scale shape) on the padded code grid, cropped to shape."""
@@ -112,7 +130,8 @@ class QuantizedTensor:
 
     @property
     def bits_per_element(self) -> float:
-        """Stored bits per original element, scales included (NVFP4 ~4.5, MXFP4 ~4.25)."""
+        """Stored bits per original element, scales included (NVFP4 ~4.5, MXFP6 ~6.25, MXFP4
+        ~4.25)."""
         return 8 * self.nbytes / max(self.numel, 1)
 
     # ---- moving and saving ------------------------------------------------------------------
@@ -183,8 +202,7 @@ def quantize(x: torch.Tensor, recipe) -> QuantizedTensor:
         q = encode(y, fmt, rounding="rne", overflow="saturate")
     kp = xp.shape[-1]
     q = q.reshape(math.prod(xp.shape[:-1]), kp)[:m].reshape(*xf.shape[:-1], kp)
-    if fmt.bits == 4:
-        q = pack_nibbles(torch.nn.functional.pad(q, (0, kp % 2)))   # odd K: one zero nibble
+    q = pack_codes(q, fmt.bits)                  # 4-bit two per byte, 6-bit four per 3 bytes
     sshape = scale_shape(recipe, xf.shape)
     zp = sc["zero_point"]
     return QuantizedTensor(

@@ -65,7 +65,9 @@ multiplies by r = the float32 reciprocal of s, never divides.
           z = clamp(round(fl(-lo * r)), 0, qmax);  q = clamp(round(fl(x * r)) + z, 0, qmax)
           where round is torch.round (to nearest even), the integer rounding GPTQ and AWQ use.
    Codes are uint8; 4-bit codes are packed two per byte along the last dimension, element 2i in
-   the low nibble (an odd last dimension gets one zero nibble).
+   the low nibble (an odd last dimension gets one zero nibble); 6-bit codes (MXFP6) four per
+   3 bytes, c0 | c1 << 6 | c2 << 12 | c3 << 18 little-endian (`quantlib.packing.pack_6bit`; MX
+   blocks of 32 fill whole quads, other last dimensions get zero codes up to a multiple of 4).
 
 5. Non-finite input: a group whose amax is NaN or Inf gets a NaN scale (fp32/pow2: NaN; e8m0:
    0xFF; e4m3: code 0x7F and, since the tensor amax is then non-finite too, a NaN tensor scale)
@@ -156,7 +158,8 @@ class Recipe:
         n = math.prod(shape)
         kp = padded_last_dim(self, shape)
         rows = n // shape[-1] if shape else 1
-        code_bytes = rows * (-(-kp // 2) if self.format.bits == 4 else kp)
+        per_row = {4: -(-kp // 2), 6: 3 * -(-kp // 4)}.get(self.format.bits, kp)   # packed
+        code_bytes = rows * per_row
         n_scales = math.prod(scale_shape(self, shape))
         scale_bytes = n_scales * (1 if self.scale_format in ("e8m0", "e4m3") else 4)
         extra = (4 if self.scale_format == "e4m3" else 0) + (n_scales if self.asymmetric else 0)

@@ -72,6 +72,22 @@ def test_quantize_dequantize_bit_exact(name, dtype):
         assert same(K.fp8_dequantize(a, dt, path="triton"), b.dequantize(dt))
 
 
+def test_mxfp6_codes_are_packed_like_quantize():
+    # the kernel writes one 6-bit code per byte; the public wrapper stores four per 3 bytes
+    x = edge_tensor(12, 128)
+    a = K.mx_quantize(x, "mxfp6_e2m3", path="triton")
+    assert a.codes.shape == (12, 96) and a.bits_per_element == 6.25
+    assert_same_qt(a, K.mx_quantize(x, "mxfp6_e2m3", path="reference"))
+    # a block2d E8M0 recipe whose last dimension is not a multiple of 4: zero codes pad the quad
+    r = dataclasses.replace(get_recipe("mxfp6_e3m2"), granularity="block2d", block=(2, 2))
+    y = torch.randn(8, 6, generator=torch.Generator().manual_seed(2)).to(DEV)
+    y[:2, :2] = 0.0                                             # an all-zero 2x2 block
+    a, b = K.mx_quantize(y, r, path="triton"), K.mx_quantize(y, r, path="reference")
+    assert a.codes.shape == (8, 6)
+    assert_same_qt(a, b)
+    assert same(K.mx_dequantize(a, path="triton"), b.dequantize())
+
+
 @pytest.mark.parametrize("name", ["fp8_e4m3_1x128", "fp8_e4m3_tensor", "nvfp4", "mxfp4"])
 def test_nan_inf_poison_their_groups(name):
     x = edge_tensor(nonfinite=True)

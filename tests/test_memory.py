@@ -95,9 +95,8 @@ class TestInference:
         m = inference_memory("Llama-2-7B", "INT4", group_size=128)
         assert m.weight_bytes == n // 2 and m.scale_bytes == 4 * n // 128
 
-    # (MXFP6 is left out: quantlib.recipes keeps 6-bit codes one per byte, 8.25 bits; packed
-    # storage, the spec's and ours, is 6.25.)
-    @pytest.mark.parametrize("fmt,recipe", [("MXFP8", "mxfp8_e4m3"), ("MXFP4", "mxfp4"),
+    @pytest.mark.parametrize("fmt,recipe", [("MXFP8", "mxfp8_e4m3"), ("MXFP6", "mxfp6_e2m3"),
+                                            ("MXFP4", "mxfp4"),
                                             ("NVFP4", "nvfp4"),
                                             ("FP8", "fp8_e4m3_tensor"),
                                             ("fp8_e4m3_1x128", "fp8_e4m3_1x128"),

@@ -29,6 +29,11 @@ def _codes(q):
     c = q.codes
     if q.recipe.format.bits == 4:
         c = torch.stack([c & 15, c >> 4], -1).reshape(*c.shape[:-1], -1)
+    if q.recipe.format.bits == 6:      # 3 bytes = one little-endian 24-bit word of 4 codes
+        b = c.numpy().astype(np.uint32).reshape(*c.shape[:-1], -1, 3)
+        w = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
+        return ((w[..., None] >> np.array([0, 6, 12, 18], np.uint32)) & 63).astype(
+            np.uint8).reshape(*c.shape[:-1], -1)
     return c.numpy()
 
 
@@ -151,6 +156,23 @@ def test_packing_low_nibble_first():
     assert qi.codes.tolist() == [[0x7F, 0x09]]                 # two's complement: -1 -> 0xF
 
 
+def test_packing_6bit_four_codes_in_three_bytes():
+    # E2M3 codes 0x0A (1.25), 0x27 (-0.875), 0x1F (7.5), 0x3F (-7.5) under scale 2^0:
+    # the word 0x0A | 0x27 << 6 | 0x1F << 12 | 0x3F << 18 = 0xFDF9CA, low byte first.
+    x = torch.tensor([[1.25, -0.875, 7.5, -7.5] + [0.0] * 28])
+    q = quantize(x, "mxfp6_e2m3")
+    assert q.scales.tolist() == [[127]]
+    assert q.codes.shape == (1, 24) and q.codes[0, :3].tolist() == [0xCA, 0xF9, 0xFD]
+    assert torch.equal(q.dequantize(), x)
+    # a last dimension that is not a multiple of 4: zero codes fill the last quad, then crop
+    r = quantlib.Recipe("e2m3_row", "e2m3", "row")
+    x6 = torch.tensor([[7.5, -1.0, 0.5, 3.0, -7.5, 2.0]])
+    q6 = quantize(x6, r)
+    assert q6.codes.shape == (1, 6) and _codes(q6)[0, 6:].tolist() == [0, 0]
+    assert torch.equal(q6.dequantize(), x6)
+    assert r.bits_per_element((1, 6)) == q6.bits_per_element == 8 * (6 + 4) / 6
+
+
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_every_recipe_round_trips_and_saves(name):
     x = torch.randn(256, 256, generator=torch.Generator().manual_seed(4))
@@ -166,6 +188,7 @@ def test_every_recipe_round_trips_and_saves(name):
 
 
 @pytest.mark.parametrize("name, bits", [("nvfp4", 4.5), ("mxfp4", 4.25), ("mxfp8_e4m3", 8.25),
+                                        ("mxfp6_e2m3", 6.25), ("mxfp6_e3m2", 6.25),
                                         ("int4_g128", 4.25), ("fp8_e4m3_tensor", 8.0)])
 def test_bits_per_element(name, bits):
     q = quantize(torch.randn(128, 4096), name)
@@ -191,14 +214,15 @@ def test_bad_inputs_say_what_to_do():
         quantize(torch.zeros(4, 40), "mxfp4")
 
 
-@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "fp8_e4m3_128x128", "int4_g128_asym"])
+@pytest.mark.parametrize("name", ["mxfp4", "mxfp6_e3m2", "nvfp4", "fp8_e4m3_128x128",
+                                  "int4_g128_asym"])
 def test_padding_is_remembered_and_cropped(name):
     x = torch.randn(3, 5, 40, generator=torch.Generator().manual_seed(5))
     r = dataclasses.replace(get_recipe(name), pad=True)
     q = quantize(x, r)
     assert q.shape == x.shape and q.dequantize().shape == x.shape
-    xp = torch.nn.functional.pad(x.reshape(15, 40), (0, q.codes.shape[-1] * (
-        2 if r.format.bits == 4 else 1) - 40))
+    per_byte = {4: 2, 6: 4 / 3}.get(r.format.bits, 1)         # codes per stored byte
+    xp = torch.nn.functional.pad(x.reshape(15, 40), (0, round(q.codes.shape[-1] * per_byte) - 40))
     if r.granularity != "block2d":                             # zeros never change an amax
         assert torch.equal(quantize(xp.reshape(3, 5, -1), r).dequantize()[..., :40],
                            q.dequantize())

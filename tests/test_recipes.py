@@ -21,6 +21,7 @@ def test_every_issue_recipe_is_named_and_listed():
 
 
 @pytest.mark.parametrize("name, bits", [("nvfp4", 4.5), ("mxfp4", 4.25), ("mxfp8_e4m3", 8.25),
+                                        ("mxfp6_e2m3", 6.25), ("mxfp6_e3m2", 6.25),
                                         ("mxint8", 8.25), ("int4_g128", 4.25),
                                         ("int4_g128_asym", 4.3125), ("fp8_e4m3_1x128", 8.25)])
 def test_bits_per_element_with_scales(name, bits):

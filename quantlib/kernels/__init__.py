@@ -16,8 +16,8 @@ import torch
 
 from quantlib.kernels import reference
 from quantlib.kernels.dispatch import quiet, use_triton
-from quantlib.qtensor import QuantizedTensor
-from quantlib.recipes import get_recipe
+from quantlib.qtensor import QuantizedTensor, pack_codes, unpack_codes
+from quantlib.recipes import get_recipe, padded_last_dim
 from quantlib.scaling import scale_shape
 
 __all__ = [
@@ -89,6 +89,8 @@ def _run_quantize(x, r, path):
     with quiet():
         q, s, ts = kq.quantize(x2, r)
     q = q.reshape(*shape[:-1], q.shape[-1])
+    if r.format.bits == 6:        # the kernel writes one 6-bit code per byte; store them packed
+        q = pack_codes(q, 6)
     return QuantizedTensor(codes=q, scales=s.reshape(scale_shape(r, shape)), recipe=r,
                            shape=shape, dtype=x.dtype, tensor_scale=ts)
 
@@ -105,7 +107,10 @@ def _run_dequantize(qt, dtype, path, what):
     shape = tuple(qt.shape) or (1,)
     K = shape[-1]
     R = math.prod(shape[:-1])
-    q = qt.codes.reshape(R, qt.codes.shape[-1]) if R else qt.codes.reshape(0, 1)
+    q = qt.codes
+    if r.format.bits == 6:        # the kernel reads one 6-bit code per byte
+        q = unpack_codes(q, 6, padded_last_dim(r, shape))
+    q = q.reshape(R, q.shape[-1]) if R else q.reshape(0, 1)
     s = qt.scales.reshape(1, 1) if r.granularity == "tensor" else qt.scales.reshape(
         -1, qt.scales.shape[-1])
     out = torch.float32 if dtype == torch.float16 else dtype
@@ -229,7 +234,7 @@ _MX_ELEMENTS = ("e4m3", "e5m2", "e2m3", "e3m2", "e2m1")
 
 def mx_quantize(x: torch.Tensor, recipe="mxfp8_e4m3", path: str = "auto") -> QuantizedTensor:
     """OCP MX: one E8M0 scale per 32 (rule floor, ceil, even or rceil); MXFP8, MXFP6, MXFP4
-    (4-bit codes packed two per byte)."""
+    (4-bit codes packed two per byte, 6-bit codes four per 3 bytes)."""
     r = _check_recipe(recipe, _MX_ELEMENTS, ("e8m0",), "mx_quantize")
     return _run_quantize(x, r, path)
 
