@@ -252,9 +252,9 @@ def check_fp8_mm(K, rec_a, rec_b, M, N, Kd, native=None):
     return fn
 
 
-def check_w4a16(K, recipe, M, N, Kd, fast=None):
+def check_w4a16(K, recipe, M, N, Kd, fast=None, config=None):
     def fn():
-        from quantlib.kernels import _gemm
+        from quantlib.kernels import _wq_gemm
         g = torch.Generator(device=DEV).manual_seed(2)
         wq = (K.nvfp4_quantize if recipe == "nvfp4" else K.mx_quantize)(
             torch.randn(N, Kd, device=DEV, generator=g), recipe)
@@ -265,8 +265,8 @@ def check_w4a16(K, recipe, M, N, Kd, fast=None):
         kind = "nvfp4" if recipe == "nvfp4" else recipe
 
         def run(out):      # fast=None: the default decoder; True/False force the PTX/fp32 one
-            return _gemm.wq_mm(x, wq.codes, wq.scales, wq.tensor_scale, kind, bias=bias,
-                               out_dtype=out, fast=fast)
+            return _wq_gemm.wq_mm(x, wq.codes, wq.scales, wq.tensor_scale, kind, bias=bias,
+                                  out_dtype=out, fast=fast, config=config)
         y, yb = run(torch.float32), run(torch.bfloat16)
         bound = gemm_tolerance(x64, w64, ref, Kd) + 2.0 ** -23 * bias.double().abs()
         ratio = float(((y.double() - ref).abs() / bound).max())
@@ -348,6 +348,8 @@ def bench_fp8_mm(K, mode, M, N, Kd):
         b = K.fp8_quantize(torch.randn(N, Kd, device=DEV, generator=g), recs[1])
         flop = 2.0 * M * N * Kd
         ours = bench_ms(lambda: K.fp8_scaled_mm(a, b, path="triton"), reps=20)
+        from quantlib.kernels import _tuning
+        config = str(_tuning.LAST_CONFIG)   # the autotuner's pick for this shape
         af, bf = a.codes.view(torch.float8_e4m3fn), b.codes.view(torch.float8_e4m3fn).t()
         if mode == "row":
             sa, sb = a.scales.reshape(M, 1), b.scales.reshape(1, N)
@@ -369,7 +371,8 @@ def bench_fp8_mm(K, mode, M, N, Kd):
                      isinstance(v, float)]
         best = min(fp8_times) if fp8_times else base["torch.matmul bf16"]
         tf = lambda ms: flop / ms / 1e9
-        return {"M": M, "N": N, "K": Kd, "scales": mode, "ms": ours, "TFLOP/s": tf(ours),
+        return {"M": M, "N": N, "K": Kd, "scales": mode, "config": config, "ms": ours,
+                "TFLOP/s": tf(ours),
                 "baselines TFLOP/s": {k: (tf(v) if isinstance(v, float) else v)
                                       for k, v in base.items()},
                 "best baseline TFLOP/s": tf(best), "ratio": best / ours, "bar": 0.9,
@@ -395,16 +398,20 @@ def bench_w4a16(K, recipe, M, N, Kd, fast=None):
         if fast is None:
             ours = bench_ms(lambda i: mm(x, wqs[i], path="triton"), rotate=rot)
         else:
-            from quantlib.kernels import _gemm
+            from quantlib.kernels import _wq_gemm
             kind = "nvfp4" if recipe == "nvfp4" else recipe
-            ours = bench_ms(lambda i: _gemm.wq_mm(x, wqs[i].codes, wqs[i].scales,
-                                                  wq.tensor_scale, kind, fast=fast), rotate=rot)
+            ours = bench_ms(lambda i: _wq_gemm.wq_mm(x, wqs[i].codes, wqs[i].scales,
+                                                     wq.tensor_scale, kind, fast=fast),
+                            rotate=rot)
         rotb = copies_for(wb.numel() * 2)
         wbs = [wb] + [wb.clone() for _ in range(rotb - 1)]
+        from quantlib.kernels import _tuning
+        config = str(_tuning.LAST_CONFIG)   # the autotuner's pick for this shape
         base = bench_ms(lambda i: torch.matmul(x, wbs[i].T), rotate=rotb)
         flop = 2.0 * M * N * Kd
         wbytes = wq.nbytes
-        return {"recipe": recipe, "M": M, "N": N, "K": Kd, "ms": ours, "cuBLAS bf16 ms": base,
+        return {"recipe": recipe, "M": M, "N": N, "K": Kd, "config": config, "ms": ours,
+                "cuBLAS bf16 ms": base,
                 "TFLOP/s": flop / ours / 1e9, "cuBLAS TFLOP/s": flop / base / 1e9,
                 "weight GB/s": wbytes / ours / 1e6, "speedup": base / ours, "bar": bar,
                 "pass": None if bar is None else base / ours >= bar}
@@ -447,10 +454,10 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
 
     if not args.skip_checks:
-        from quantlib.kernels import _gemm
-        _gemm.AUTOTUNE = False          # checks: one config per kernel, to keep compiles few
+        from quantlib.kernels import _tuning
+        _tuning.AUTOTUNE = False        # checks: one config per kernel, to keep compiles few
         run_checks(K)
-        _gemm.AUTOTUNE = True
+        _tuning.AUTOTUNE = True
     if not args.quick:
         if args.dry_run:
             SZ = SZ * 4                 # dry run: benchmarks at 1/64 size (never on a GPU)
@@ -523,9 +530,14 @@ def run_checks(K):
         for rec, M in [("nvfp4", 1), ("nvfp4", 2048), ("mxfp4", 16)]:
             run_check(f"{rec} matmul M={M} E2M1 decoder {'PTX table' if fast else 'fp32'}",
                       check_w4a16(K, rec, min(M, d(M)), d(1536), d(2048), fast=fast))
-    from quantlib.kernels import _gemm
+    # every W4A16 candidate the autotuner may pick (GEMV and tensor-core kernels, split K)
+    from quantlib.kernels import _wq_gemm
+    for M in (1, 3, 16):
+        for cfg in _wq_gemm.wq_configs(M, interpret=False):
+            run_check(f"nvfp4 matmul M={M} config {cfg}",
+                      check_w4a16(K, "nvfp4", M, d(1536), d(2048), config=cfg))
     if not all(c["pass"] for c in CHECKS if "PTX table" in c["check"]):
-        _gemm.FAST_E2M1 = False
+        _wq_gemm.FAST_E2M1 = False
         log("PTX E2M1 decoder failed its check: benchmarks use the fp32 decoder")
 
 
@@ -542,12 +554,13 @@ def print_table(meta):
             print(f"{name:58s} {b.get('error', b.get('skipped'))[:60]}")
         elif "TFLOP/s" in b and "speedup" not in b:
             print(f"{name:58s} {b['TFLOP/s']:9.0f} TF {b['best baseline TFLOP/s']:9.0f} TF "
-                  f"{b['ratio']:6.2f}x {b['bar']:5.2f}  {'PASS' if b['pass'] else 'FAIL'}")
+                  f"{b['ratio']:6.2f}x {b['bar']:5.2f}  {'PASS' if b['pass'] else 'FAIL'}  "
+                  f"{b.get('config', '')}")
         elif "speedup" in b:
             bar = f"{b['bar']:5.2f}" if b["bar"] else "    -"
             ok = "-" if b["pass"] is None else ("PASS" if b["pass"] else "FAIL")
             print(f"{name:58s} {b['ms'] * 1e3:9.1f} us {b['cuBLAS bf16 ms'] * 1e3:9.1f} us "
-                  f"{b['speedup']:6.2f}x {bar}  {ok}")
+                  f"{b['speedup']:6.2f}x {bar}  {ok}  {b.get('config', '')}")
         elif "ratio" in b:
             print(f"{name:58s} {b['GB/s']:8.0f} GB/s {b['copy GB/s']:7.0f} GB/s "
                   f"{b['ratio']:6.2f}x {b['bar']:5.2f}  {'PASS' if b['pass'] else 'FAIL'}")

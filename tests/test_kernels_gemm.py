@@ -65,6 +65,34 @@ def test_weight_matmul(recipe, M, path):
     assert mm(x3, w, path=path).shape == (1, M, 48)
 
 
+WQ_CONFIGS = [("gemv", 1, 16, 64, 1, 4, 1), ("gemv", 4, 16, 64, 2, 4, 1),
+              ("gemv", 8, 8, 128, 4, 4, 1), ("dot", 16, 32, 64, 1, 4, 4, 1),
+              ("dot", 16, 16, 64, 4, 4, 4, 1)]
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4", "mxfp4", "mxfp8_e4m3"])
+@pytest.mark.parametrize("config", WQ_CONFIGS, ids=[f"{c[0]}-BM{c[1]}-SK{c[4]}" for c in WQ_CONFIGS])
+def test_weight_matmul_every_kernel(recipe, config):
+    """The CUDA-core GEMV and the tensor-core kernel, with and without split K (partial sums
+    reduced in a fixed order): each meets the FP32 bound, and its BF16 output is its own FP32
+    output rounded once (the epilogue rounds after the reduction)."""
+    from quantlib.kernels import _wq_gemm
+    if DEV == "cuda":
+        pytest.skip("forced interpreter-sized configs; gpu_check.py covers the GPU's")
+    M = min(config[1], 3) if config[0] == "gemv" else 20
+    w = (K.nvfp4_quantize if recipe == "nvfp4" else K.mx_quantize)(rand(40, 256, seed=9), recipe)
+    x = rand(M, 256, seed=10).to(torch.bfloat16)
+    bias = rand(40, seed=11)
+
+    def run(out):
+        return _wq_gemm.wq_mm(x, w.codes, w.scales, w.tensor_scale, recipe, bias=bias,
+                              out_dtype=out, config=config)
+    y = run(torch.float32)
+    assert within_fp32_bound(y, x.double(), w.dequantize().double(), bias)
+    assert torch.equal(run(torch.bfloat16), y.to(torch.bfloat16))
+    assert torch.equal(run(torch.float32), y)                      # deterministic
+
+
 def test_gemm_bad_input():
     a = K.fp8_quantize(rand(16, 256), "fp8_e4m3_rowwise")
     b = K.fp8_quantize(rand(32, 128), "fp8_e4m3_rowwise")

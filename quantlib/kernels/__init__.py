@@ -274,9 +274,9 @@ def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
         raise TypeError(f"out_dtype {out_dtype}: use torch.bfloat16 or torch.float32")
     if not use_triton(x, path):
         return reference.weight_mm_ref(x, w, bias, out_dtype)
-    from quantlib.kernels import _gemm
+    from quantlib.kernels import _wq_gemm
     with quiet():
-        y = _gemm.wq_mm(x.reshape(-1, K), w.codes, w.scales, w.tensor_scale, kind,
+        y = _wq_gemm.wq_mm(x.reshape(-1, K), w.codes, w.scales, w.tensor_scale, kind,
                         bias=None if bias is None else bias.contiguous(), out_dtype=out_dtype)
     return y.reshape(*x.shape[:-1], N)
 

@@ -1,0 +1,280 @@
+"""Triton weight-only GEMM, Y = X @ dequant(W)^T: BF16 activations X (M, K) times a weight W
+(N, K) stored as NVFP4 (packed E2M1 + E4M3 block scales + FP32 tensor scale), MXFP4 or MXFP8
+(E8M0 block scales). This is the W4A16 product of Hopper and Ampere, which have no FP4 tensor
+cores: the weight is read in 4.5 bits per value and dequantized in registers.
+
+Two kernels, one result (FP32 accumulation of exact products): `wq_mm_kernel` on the BF16
+tensor cores for prefill-sized M, `wq_gemv_kernel` on the CUDA cores for decode-sized M; both
+can split K across programs, with a deterministic reduction. The launcher tunes the choice per
+shape (`_tuning`).
+"""
+import triton
+import triton.language as tl
+
+from quantlib.kernels._gemm import _store_out, _tile_ids, decode_fp8
+from quantlib.kernels._minifloat import decode_e4m3, decode_e8m0, to_f32
+from quantlib.kernels._tuning import tuned
+
+# E2M1 byte -> two BF16 in PTX (GPU only). The 8 magnitudes' BF16 patterns are a byte table:
+# high bytes 00 3F 3F 3F 40 40 40 40, low bytes 00 00 80 C0 00 40 80 C0. `prmt` looks up both
+# nibbles of a byte at once (selector = byte & 0x77), a third `prmt` interleaves them into a
+# bf16x2 word, and the two sign bits are moved to bits 15 and 31: ~10 integer instructions for
+# two weights, no float conversions (which run at a quarter of the ALU rate).
+_E2M1X2_TO_BF16X2 = tl.constexpr("""{
+.reg .b32 s, h, l, o, t, a0, a1, b0, b1;
+mov.b32 a0, 0x3F3F3F00;
+mov.b32 a1, 0x40404040;
+mov.b32 b0, 0xC0800000;
+mov.b32 b1, 0xC0804000;
+and.b32 s, $2, 0x77;
+prmt.b32 h, a0, a1, s;
+prmt.b32 l, b0, b1, s;
+prmt.b32 o, l, h, 0x5140;
+shl.b32 t, $2, 12;
+and.b32 t, t, 0x8000;
+or.b32 o, o, t;
+shl.b32 t, $2, 24;
+and.b32 t, t, 0x80000000;
+or.b32 o, o, t;
+mov.b32 {$0, $1}, o;
+}""")
+
+
+@triton.jit
+def _dequant_tile(p, sc, W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
+                  BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
+    """Dequantize a loaded (BN, BK) weight tile in registers: codes p times block scales sc.
+    W_FMT 0: E2M1 packed two per byte (element 2i in the low nibble), p is (BN, BK/2);
+    1/2: E4M3/E5M2 bytes. S_FMT 0: E4M3 block scales; 1: E8M0. The tensor scale is applied to
+    the accumulator. FAST (GPU): E2M1 decoded by the PTX table above and scaled in BF16 (an
+    E2M1 value times an E4M3 scale has at most 6 significant bits: exact in BF16)."""
+    if S_FMT == 0:
+        s = decode_e4m3(sc)
+    else:
+        s = decode_e8m0(sc)
+    if W_FMT == 0:
+        p = p.to(tl.int32)
+        if FAST:
+            lo, hi = tl.inline_asm_elementwise(_E2M1X2_TO_BF16X2, "=h,=h,r", [p],
+                                               dtype=(tl.int16, tl.int16), is_pure=True, pack=1)
+            w = tl.reshape(tl.join(lo, hi), (BN, BK)).to(tl.bfloat16, bitcast=True)
+            s = s.to(tl.bfloat16)
+        else:
+            c = tl.reshape(tl.join(p & 0xF, p >> 4), (BN, BK))
+            # E2M1 -> fp16 bits: the 3 magnitude bits land on fp16's exponent LSBs and mantissa
+            # MSB ((c & 7) << 9): the fp16 value is the E2M1 value times 2^-14, exact (0.5 too).
+            h = ((c & 7) << 9) | ((c & 8) << 12)
+            w = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 16384.0
+    else:
+        w = decode_fp8(p, W_FMT - 1)
+    w = tl.reshape(w, (BN, BK // GROUP, GROUP)) * s[:, :, None]
+    return tl.reshape(w, (BN, BK))
+
+
+@triton.jit
+def _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS: tl.constexpr,
+              HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr):
+    """y = acc * tensor scale + bias, then stored (fp32, or RNE bf16) for a (BM, BN) tile."""
+    if HAS_TS:
+        acc = acc * tl.load(ts_ptr)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    _store_out(y_ptr, acc, offs_m, offs_n, M, N, OUT_BF16, INTERPRET)
+
+
+@triton.jit
+def _store_partial(p_ptr, acc, pid_k, offs_m, offs_n, M, N):
+    """Split-K: this program's K slice's partial sums into slot pid_k of the (SPLIT_K, M, N)
+    fp32 buffer; `splitk_reduce_kernel` adds the slots in a fixed order (deterministic, unlike
+    atomic adds)."""
+    ptrs = p_ptr + (pid_k * M + offs_m.to(tl.int64))[:, None] * N + offs_n[None, :]
+    tl.store(ptrs, acc, mask=(offs_m < M)[:, None] & (offs_n < N)[None, :])
+
+
+@triton.jit
+def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
+                 W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
+                 HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+                 INTERPRET: tl.constexpr, SPLIT_K: tl.constexpr, FAST: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """Y = X @ dequant(W)^T with X (M, K) BF16 and W quantized (N, K): the W4A16 GEMM on the
+    tensor cores. The weight tile is dequantized in registers (E2M1 x E4M3 scale is exact in
+    BF16, so the tensor cores see exactly the reference's numbers), the tensor scale multiplies
+    the fp32 accumulator. SPLIT_K > 1: program axis 1 takes one K slice and writes its partial
+    sums for `splitk_reduce_kernel`. x holds bf16 bit patterns (int16): see to_f32."""
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    xm = tl.where(offs_m < M, offs_m, 0)
+    wn = tl.where(offs_n < N, offs_n, 0)
+    k_per = K // SPLIT_K
+    k_start = pid_k * k_per
+    WB: tl.constexpr = BK // 2 if W_FMT == 0 else BK          # weight bytes per row per step
+    # int32 offset tiles built once (the launcher checks they fit); scalar bases advance
+    x_off = xm[:, None] * K + tl.arange(0, BK)[None, :]
+    w_off = wn[:, None] * (K * WB // BK) + tl.arange(0, WB)[None, :]
+    s_off = wn[:, None] * (K // GROUP) + tl.arange(0, BK // GROUP)[None, :]
+    x_base = x_ptr + k_start
+    w_base = w_ptr + k_start * WB // BK
+    s_base = ws_ptr + k_start // GROUP
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for _ in range(0, k_per, BK):
+        x = tl.load(x_base + x_off)
+        w = _dequant_tile(tl.load(w_base + w_off), tl.load(s_base + s_off), W_FMT, S_FMT, GROUP,
+                          BN, BK, FAST)
+        if INTERPRET:   # fp32 products (exact) on the interpreter, whose bf16 is not IEEE
+            acc = tl.dot(to_f32(x, True), tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x.to(tl.bfloat16, bitcast=True), tl.trans(w.to(tl.bfloat16)), acc)
+        x_base += BK
+        w_base += WB
+        s_base += BK // GROUP
+    if SPLIT_K > 1:
+        _store_partial(y_ptr, acc, pid_k, offs_m, offs_n, M, N)
+    else:
+        _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS,
+                  OUT_BF16, INTERPRET)
+
+
+@triton.jit
+def wq_gemv_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
+                   W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
+                   HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+                   INTERPRET: tl.constexpr, SPLIT_K: tl.constexpr, FAST: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """The same product for decode-sized M (all M <= BM rows in one program), on the CUDA
+    cores: a tensor-core tile would be at least 16 rows, mostly padding, and would need the
+    dequantized weights moved into its operand layout. Each program streams BN weight rows
+    (a K slice of them with SPLIT_K), dequantizes them once for all M rows, and keeps a
+    (BM, BN, BK) fp32 accumulator of products (exact: at most 8 + 6 significant bits) that is
+    summed along K once, at the end."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    xm = tl.where(offs_m < M, offs_m, 0)
+    wn = tl.where(offs_n < N, offs_n, 0)
+    k_per = K // SPLIT_K
+    k_start = pid_k * k_per
+    WB: tl.constexpr = BK // 2 if W_FMT == 0 else BK
+    x_off = xm[:, None] * K + tl.arange(0, BK)[None, :]
+    w_off = wn[:, None] * (K * WB // BK) + tl.arange(0, WB)[None, :]
+    s_off = wn[:, None] * (K // GROUP) + tl.arange(0, BK // GROUP)[None, :]
+    x_base = x_ptr + k_start
+    w_base = w_ptr + k_start * WB // BK
+    s_base = ws_ptr + k_start // GROUP
+    acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
+    for _ in range(0, k_per, BK):
+        x = to_f32(tl.load(x_base + x_off), True)                       # (BM, BK)
+        w = _dequant_tile(tl.load(w_base + w_off), tl.load(s_base + s_off), W_FMT, S_FMT, GROUP,
+                          BN, BK, FAST).to(tl.float32)                 # (BN, BK)
+        acc += x[:, None, :] * w[None, :, :]
+        x_base += BK
+        w_base += WB
+        s_base += BK // GROUP
+    out = tl.sum(acc, axis=2)                                           # (BM, BN)
+    if SPLIT_K > 1:
+        _store_partial(y_ptr, out, pid_k, offs_m, offs_n, M, N)
+    else:
+        _epilogue(out, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS,
+                  OUT_BF16, INTERPRET)
+
+
+@triton.jit
+def splitk_reduce_kernel(p_ptr, ts_ptr, bias_ptr, y_ptr, M, N, SPLIT_K: tl.constexpr,
+                         HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+                         INTERPRET: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """Sum the SPLIT_K partial products slot by slot (the same order every run), then the
+    tensor scale, bias and output cast of `_epilogue`."""
+    offs_m = tl.program_id(0) * BM + tl.arange(0, BM)
+    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    ptrs = p_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    acc = tl.load(ptrs, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(ptrs + s * M * N, mask=mask, other=0.0)
+    _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS, OUT_BF16,
+              INTERPRET)
+
+
+# ---- launcher (host side) ------------------------------------------------------------------
+FAST_E2M1 = True   # the PTX E2M1 decoder on GPUs (gpu_check.py verifies it; False: fp32 path)
+_WQ = {"nvfp4": (0, 0, 16), "mxfp4": (0, 1, 32), "mxfp8_e4m3": (1, 1, 32),
+       "mxfp8_e5m2": (2, 1, 32)}
+_best_wq = {}
+GEMV_MAX_M = 4     # the CUDA-core kernel is a candidate up to this many rows
+
+
+def wq_configs(M: int, interpret: bool):
+    """Candidate configs, first = the default: ("gemv", BM, BN, BK, SPLIT_K, warps, stages) or
+    ("dot", BM, BN, BK, SPLIT_K, GROUP_M, warps, stages)."""
+    if interpret:      # small tiles; split K so the tests exercise the reduction
+        if M <= GEMV_MAX_M:
+            return [("gemv", triton.next_power_of_2(M), 16, 64, 2, 4, 1)]
+        return [("dot", 16, 32, 64, 2 if M <= 16 else 1, 4, 4, 1)]
+    cfgs = []
+    if M <= GEMV_MAX_M:    # accumulator BM*BN*BK = 8K or 16K fp32 over 128 or 256 threads
+        bm = triton.next_power_of_2(M)
+        cfgs += [("gemv", bm, 8192 // (bm * 128), 128, sk, 4, 3) for sk in (1, 4)]
+        cfgs += [("gemv", bm, 16384 // (bm * 256), 256, 2, 8, 3)]
+    if M <= 16:            # tensor cores with a 16-row tile: narrow N tiles or split K
+        cfgs += [("dot", 16, 64, 256, 4, 1, 4, 3), ("dot", 16, 32, 256, 1, 1, 4, 4),
+                 ("dot", 16, 64, 256, 1, 1, 4, 4)]
+    elif M <= 256:
+        cfgs += [("dot", 64, 128, 128, 1, 8, 4, 3), ("dot", 32, 128, 128, 2, 8, 4, 3)]
+    else:
+        cfgs += [("dot", 128, 256, 64, 1, 8, 8, 3), ("dot", 128, 128, 64, 1, 8, 4, 4),
+                 ("dot", 128, 128, 128, 1, 8, 8, 3)]
+    return cfgs
+
+
+def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=None):
+    """Y = X @ dequant(W)^T: x (M, K) bf16, w codes (N, K/2) packed E2M1 or (N, K) FP8 bytes,
+    ws (N, K/GROUP) uint8 block scales (E4M3 for NVFP4, E8M0 for MX), ts fp32 tensor scale or
+    None. `config` forces one of `wq_configs`' tuples; otherwise they are tuned per shape."""
+    import torch
+    M, K = x.shape
+    N = w.shape[0]
+    if max(M, N) * K >= 2**31:
+        raise ValueError(f"wq_mm: {M}x{K} or {N}x{K} exceeds the kernel's int32 offsets")
+    out_dtype = out_dtype or torch.bfloat16
+    interp = x.device.type == "cpu"
+    W_FMT, S_FMT, GROUP = _WQ[kind]
+    fast = (FAST_E2M1 if fast is None else fast) and not interp and W_FMT == 0
+    cfgs = [config] if config else wq_configs(M, interp)
+    y = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    y_arg = y.view(torch.int16) if (interp and out_dtype == torch.bfloat16) else y
+    common = {"W_FMT": W_FMT, "S_FMT": S_FMT, "GROUP": GROUP, "HAS_TS": ts is not None,
+              "HAS_BIAS": bias is not None, "OUT_BF16": out_dtype == torch.bfloat16,
+              "INTERPRET": interp, "FAST": fast}
+    ts_arg = ts if ts is not None else ws
+    bias_arg = bias if bias is not None else ws
+    xb = x.view(torch.int16)            # bf16 bits, read exactly everywhere (see to_f32)
+
+    def launch(cfg):
+        gemv = cfg[0] == "gemv"
+        BM, BN, BK, SK = cfg[1:5]
+        nw, ns = cfg[-2:]
+        while K % BK:
+            BK //= 2
+        while SK > 1 and K % (SK * BK):
+            SK //= 2
+        out = torch.empty((SK, M, N), dtype=torch.float32, device=x.device) if SK > 1 else y_arg
+        args = (xb, w, ws, ts_arg, bias_arg, out, M, N, K)
+        if gemv:
+            wq_gemv_kernel[(triton.cdiv(N, BN), SK)](*args, SPLIT_K=SK, BM=BM, BN=BN, BK=BK,
+                                                     num_warps=nw, num_stages=ns, **common)
+        else:
+            grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), SK)
+            wq_mm_kernel[grid](*args, SPLIT_K=SK, BM=BM, BN=BN, BK=BK, GROUP_M=cfg[5],
+                               num_warps=nw, num_stages=ns, **common)
+        if SK > 1:
+            RB, RN = 16, 256
+            splitk_reduce_kernel[(triton.cdiv(M, RB), triton.cdiv(N, RN))](
+                out, ts_arg, bias_arg, y_arg, M, N, SPLIT_K=SK, HAS_TS=ts is not None,
+                HAS_BIAS=bias is not None, OUT_BF16=out_dtype == torch.bfloat16,
+                INTERPRET=interp, BM=RB, BN=RN)
+
+    tuned(_best_wq, (M, N, K, kind, fast, out_dtype), cfgs, launch, interp)
+    return y
