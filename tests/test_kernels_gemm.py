@@ -125,3 +125,43 @@ def test_fp8_linear(path):
     wq = K.fp8_quantize(w, "fp8_e4m3_rowwise", path="reference")
     assert y.shape == (2, 5, 48)
     assert within_fp32_bound(y.reshape(10, 48), xq.dequantize().double(), wq.dequantize().double())
+
+
+@pytest.mark.parametrize("ra,rb", MM_CASES, ids=[f"{a}-{b}" for a, b in MM_CASES])
+def test_fp8_scaled_mm_nan_poisons_like_reference(ra, rb):
+    """A NaN in an operand makes its group's scale NaN: the kernel's output has NaN exactly
+    where the reference's has, and the same finite values elsewhere (to the FP32 bound)."""
+    rb = dataclasses.replace(get_recipe(rb), pad=True)
+    xa, xb = rand(37, 256, seed=12), rand(72, 256, seed=13)
+    xa[5, 17] = float("nan")
+    xb[40, 200] = float("inf")
+    a, b = K.fp8_quantize(xa, ra), K.fp8_quantize(xb, rb)
+    ref = K.fp8_scaled_mm(a, b, out_dtype=torch.float32, path="reference")
+    c = K.fp8_scaled_mm(a, b, out_dtype=torch.float32, path="triton")
+    assert ref.isnan().any()
+    assert torch.equal(c.isnan(), ref.isnan())
+    ok = ~ref.isnan()             # none with per-tensor scales: one NaN poisons the whole tensor
+    if not ok.any():
+        return
+    a64, b64 = a.dequantize().double().nan_to_num(), b.dequantize().double().nan_to_num()
+    bound = (a64.abs() @ b64.abs().T) * (256 * 2.0 ** -23) + 1e-30
+    assert float(((c.double() - ref.double()).abs()[ok] / bound[ok]).max()) <= 2.0
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4", "mxfp4", "mxfp8_e4m3"])
+@pytest.mark.parametrize("M", [1, 20])
+def test_weight_matmul_nan_weight_block(recipe, M):
+    """A NaN weight poisons its block (MX: NaN scale; NVFP4: the tensor scale too, so all of
+    w): the output is NaN in the kernel exactly where it is in the reference."""
+    xw = rand(48, 256, seed=14)
+    xw[7, 100] = float("nan")
+    w = (K.nvfp4_quantize if recipe == "nvfp4" else K.mx_quantize)(xw, recipe)
+    x = rand(M, 256, seed=15).to(torch.bfloat16)
+    mm = K.nvfp4_matmul if recipe == "nvfp4" else K.mx_matmul
+    ref = mm(x, w, out_dtype=torch.float32, path="reference")
+    y = mm(x, w, out_dtype=torch.float32, path="triton")
+    if recipe == "nvfp4":
+        assert ref.isnan().all()
+    else:
+        assert ref[:, 7].isnan().all() and not ref[:, :7].isnan().any()
+    assert torch.equal(y.isnan(), ref.isnan())

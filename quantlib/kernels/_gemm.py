@@ -123,8 +123,10 @@ def _native_fp8(t) -> bool:
     return t.is_cuda and torch.cuda.get_device_capability(t.device) >= (8, 9)
 
 
-_FP8_CONFIGS = [  # (BM, BN, BK, GROUP_M, num_warps, num_stages): few, so tuning stays short
-    (128, 256, 128, 8, 8, 3),
+_FP8_CONFIGS = [  # (BM, BN, BK, GROUP_M, num_warps, num_stages): few, so tuning stays short;
+    (128, 256, 128, 8, 8, 3),  # BK stays 128, the scale block of the blockwise recipes
+    (128, 256, 128, 8, 8, 4),
+    (256, 128, 128, 8, 8, 3),
     (128, 128, 128, 8, 4, 4),
     (64, 128, 128, 8, 4, 4),
 ]
