@@ -530,12 +530,23 @@ def run_checks(K):
         for rec, M in [("nvfp4", 1), ("nvfp4", 2048), ("mxfp4", 16)]:
             run_check(f"{rec} matmul M={M} E2M1 decoder {'PTX table' if fast else 'fp32'}",
                       check_w4a16(K, rec, min(M, d(M)), d(1536), d(2048), fast=fast))
-    # every W4A16 candidate the autotuner may pick (GEMV and tensor-core kernels, split K)
+    # every W4A16 candidate the autotuner may pick, once: GEMV and tensor-core kernels, split K
+    # (M=16's candidates are M=1's tensor-core ones), and tl.dot_scaled for MX weights
     from quantlib.kernels import _wq_gemm
-    for M in (1, 3, 16):
+    seen = set()
+    for M in (1, 3, 2048):
         for cfg in _wq_gemm.wq_configs(M, interpret=False):
-            run_check(f"nvfp4 matmul M={M} config {cfg}",
-                      check_w4a16(K, "nvfp4", M, d(1536), d(2048), config=cfg))
+            if cfg in seen:
+                continue
+            seen.add(cfg)
+            run_check(f"nvfp4 matmul M={min(M, d(M))} config {cfg}",
+                      check_w4a16(K, "nvfp4", min(M, d(M)), d(1536), d(2048), config=cfg))
+    scaled = DEV == "cuda" and _wq_gemm.scaled_dot_ok("mxfp4", torch.device(DEV))
+    for M in (1, 2048):
+        for cfg in _wq_gemm.wq_configs(M, interpret=False, scaled=True):
+            if cfg[0] == "scaled" and (scaled or DEV == "cpu"):
+                run_check(f"mxfp4 matmul M={min(M, d(M))} config {cfg}",
+                          check_w4a16(K, "mxfp4", min(M, d(M)), d(1536), d(2048), config=cfg))
     if not all(c["pass"] for c in CHECKS if "PTX table" in c["check"]):
         _wq_gemm.FAST_E2M1 = False
         log("PTX E2M1 decoder failed its check: benchmarks use the fp32 decoder")

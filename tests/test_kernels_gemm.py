@@ -67,18 +67,26 @@ def test_weight_matmul(recipe, M, path):
 
 WQ_CONFIGS = [("gemv", 1, 16, 64, 1, 4, 1), ("gemv", 4, 16, 64, 2, 4, 1),
               ("gemv", 8, 8, 128, 4, 4, 1), ("dot", 16, 32, 64, 1, 4, 4, 1),
-              ("dot", 16, 16, 64, 4, 4, 4, 1)]
+              ("dot", 16, 16, 64, 4, 4, 4, 1), ("scaled", 16, 32, 64, 1, 4, 4, 1),
+              ("scaled", 16, 16, 128, 2, 4, 4, 1)]
 
 
 @pytest.mark.parametrize("recipe", ["nvfp4", "mxfp4", "mxfp8_e4m3"])
 @pytest.mark.parametrize("config", WQ_CONFIGS, ids=[f"{c[0]}-BM{c[1]}-SK{c[4]}" for c in WQ_CONFIGS])
 def test_weight_matmul_every_kernel(recipe, config):
-    """The CUDA-core GEMV and the tensor-core kernel, with and without split K (partial sums
-    reduced in a fixed order): each meets the FP32 bound, and its BF16 output is its own FP32
-    output rounded once (the epilogue rounds after the reduction)."""
+    """The CUDA-core GEMV, the tensor-core kernel and its tl.dot_scaled variant (MX weights),
+    with and without split K (partial sums reduced in a fixed order): each meets the FP32
+    bound, and its BF16 output is its own FP32 output rounded once (the epilogue rounds after
+    the reduction)."""
     from quantlib.kernels import _wq_gemm
     if DEV == "cuda":
         pytest.skip("forced interpreter-sized configs; gpu_check.py covers the GPU's")
+    if config[0] == "scaled" and recipe == "nvfp4":      # tl.dot_scaled takes MX scales only
+        w = K.nvfp4_quantize(rand(40, 256, seed=9))
+        with pytest.raises(ValueError, match="E8M0 scales per 32"):
+            _wq_gemm.wq_mm(rand(3, 256).to(torch.bfloat16), w.codes, w.scales, w.tensor_scale,
+                           "nvfp4", config=config)
+        return
     M = min(config[1], 3) if config[0] == "gemv" else 20
     w = (K.nvfp4_quantize if recipe == "nvfp4" else K.mx_quantize)(rand(40, 256, seed=9), recipe)
     x = rand(M, 256, seed=10).to(torch.bfloat16)

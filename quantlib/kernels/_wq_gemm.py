@@ -4,9 +4,10 @@
 cores: the weight is read in 4.5 bits per value and dequantized in registers.
 
 Two kernels, one result (FP32 accumulation of exact products): `wq_mm_kernel` on the BF16
-tensor cores for prefill-sized M, `wq_gemv_kernel` on the CUDA cores for decode-sized M; both
-can split K across programs, with a deterministic reduction. The launcher tunes the choice per
-shape (`_tuning`).
+tensor cores for prefill-sized M (for MX weights on sm_90+ also through Triton's
+`tl.dot_scaled`, the block-scaled tensor cores on sm_100), `wq_gemv_kernel` on the CUDA cores
+for decode-sized M; both can split K across programs, with a deterministic reduction. The
+launcher tunes the choice per shape (`_tuning`).
 """
 import triton
 import triton.language as tl
@@ -96,11 +97,14 @@ def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
                  W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
                  HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
                  INTERPRET: tl.constexpr, SPLIT_K: tl.constexpr, FAST: tl.constexpr,
+                 SCALED_DOT: tl.constexpr, W_DOT_FMT: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     """Y = X @ dequant(W)^T with X (M, K) BF16 and W quantized (N, K): the W4A16 GEMM on the
     tensor cores. The weight tile is dequantized in registers (E2M1 x E4M3 scale is exact in
     BF16, so the tensor cores see exactly the reference's numbers), the tensor scale multiplies
-    the fp32 accumulator. SPLIT_K > 1: program axis 1 takes one K slice and writes its partial
+    the fp32 accumulator. SCALED_DOT (MX weights): Triton's `tl.dot_scaled` takes the packed
+    codes and E8M0 scales as they are (block-scaled MMA on sm_100; an upcast it generates
+    itself elsewhere). SPLIT_K > 1: program axis 1 takes one K slice and writes its partial
     sums for `splitk_reduce_kernel`. x holds bf16 bit patterns (int16): see to_f32."""
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     pid_k = tl.program_id(1)
@@ -121,12 +125,17 @@ def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for _ in range(0, k_per, BK):
         x = tl.load(x_base + x_off)
-        w = _dequant_tile(tl.load(w_base + w_off), tl.load(s_base + s_off), W_FMT, S_FMT, GROUP,
-                          BN, BK, FAST)
-        if INTERPRET:   # fp32 products (exact) on the interpreter, whose bf16 is not IEEE
-            acc = tl.dot(to_f32(x, True), tl.trans(w), acc, input_precision="ieee")
+        if SCALED_DOT:  # rhs is (K, N): the (BN, WB) code tile transposed; scales stay (BN, .)
+            acc = tl.dot_scaled(x.to(tl.bfloat16, bitcast=True), None, "bf16",
+                                tl.trans(tl.load(w_base + w_off)), tl.load(s_base + s_off),
+                                W_DOT_FMT, acc)
         else:
-            acc = tl.dot(x.to(tl.bfloat16, bitcast=True), tl.trans(w.to(tl.bfloat16)), acc)
+            w = _dequant_tile(tl.load(w_base + w_off), tl.load(s_base + s_off), W_FMT, S_FMT,
+                              GROUP, BN, BK, FAST)
+            if INTERPRET:   # fp32 products (exact) on the interpreter, whose bf16 is not IEEE
+                acc = tl.dot(to_f32(x, True), tl.trans(w), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x.to(tl.bfloat16, bitcast=True), tl.trans(w.to(tl.bfloat16)), acc)
         x_base += BK
         w_base += WB
         s_base += BK // GROUP
@@ -206,9 +215,19 @@ _best_wq = {}
 GEMV_MAX_M = 4     # the CUDA-core kernel is a candidate up to this many rows
 
 
-def wq_configs(M: int, interpret: bool):
-    """Candidate configs, first = the default: ("gemv", BM, BN, BK, SPLIT_K, warps, stages) or
-    ("dot", BM, BN, BK, SPLIT_K, GROUP_M, warps, stages)."""
+def scaled_dot_ok(kind: str, device) -> bool:
+    """Whether `tl.dot_scaled` is a candidate: MX weights (E8M0 scales per 32, the scale format
+    the Triton API takes), a Triton that has it, a Hopper or newer GPU (sm_100: block-scaled
+    tensor cores). NVFP4's E4M3 scales per 16 stay on the register-dequantizing kernel."""
+    import torch
+    return (kind != "nvfp4" and hasattr(tl, "dot_scaled") and device.type == "cuda"
+            and torch.cuda.get_device_capability(device) >= (9, 0))
+
+
+def wq_configs(M: int, interpret: bool, scaled: bool = False):
+    """Candidate configs, first = the default: ("gemv", BM, BN, BK, SPLIT_K, warps, stages),
+    ("dot" or "scaled", BM, BN, BK, SPLIT_K, GROUP_M, warps, stages); "scaled" (tl.dot_scaled)
+    only where `scaled_dot_ok`."""
     if interpret:      # small tiles; split K so the tests exercise the reduction
         if M <= GEMV_MAX_M:
             return [("gemv", triton.next_power_of_2(M), 16, 64, 2, 4, 1)]
@@ -226,6 +245,10 @@ def wq_configs(M: int, interpret: bool):
     else:
         cfgs += [("dot", 128, 256, 64, 1, 8, 8, 3), ("dot", 128, 128, 64, 1, 8, 4, 4),
                  ("dot", 128, 128, 128, 1, 8, 8, 3)]
+    if scaled:
+        cfgs += ([("scaled", 16, 64, 256, 1, 1, 4, 4), ("scaled", 16, 64, 256, 4, 1, 4, 3)]
+                 if M <= 16 else [("scaled", 64, 128, 128, 1, 8, 4, 3)] if M <= 256 else
+                 [("scaled", 128, 256, 128, 1, 8, 8, 3), ("scaled", 128, 128, 128, 1, 8, 4, 3)])
     return cfgs
 
 
@@ -242,7 +265,10 @@ def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=
     interp = x.device.type == "cpu"
     W_FMT, S_FMT, GROUP = _WQ[kind]
     fast = (FAST_E2M1 if fast is None else fast) and not interp and W_FMT == 0
-    cfgs = [config] if config else wq_configs(M, interp)
+    cfgs = [config] if config else wq_configs(M, interp, scaled_dot_ok(kind, x.device))
+    if any(c[0] == "scaled" for c in cfgs) and S_FMT != 1:
+        raise ValueError(f"wq_mm: tl.dot_scaled takes E8M0 scales per 32 (MX); {kind} has "
+                         f"E4M3 scales per 16: use a 'dot' or 'gemv' config")
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
     y_arg = y.view(torch.int16) if (interp and out_dtype == torch.bfloat16) else y
     common = {"W_FMT": W_FMT, "S_FMT": S_FMT, "GROUP": GROUP, "HAS_TS": ts is not None,
@@ -268,6 +294,8 @@ def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=
         else:
             grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), SK)
             wq_mm_kernel[grid](*args, SPLIT_K=SK, BM=BM, BN=BN, BK=BK, GROUP_M=cfg[5],
+                               SCALED_DOT=cfg[0] == "scaled",
+                               W_DOT_FMT=("e2m1", "e4m3", "e5m2")[W_FMT],
                                num_warps=nw, num_stages=ns, **common)
         if SK > 1:
             RB, RN = 16, 256
