@@ -1,7 +1,8 @@
 """What this machine can run: the device, its compute capability and the kernel path quantlib takes.
 
 The paths, by NVIDIA compute capability (see the book's "How to run this book"):
-- "native-fp4": sm_100+ (B200): FP4 (NVFP4/MXFP4) and FP8 tensor cores.
+- "native-fp4": sm_100+ (B200): FP8 tensor cores; MX weights also through Triton's tl.dot_scaled
+  (block-scaled tensor cores), NVFP4 weights decoded in the kernel.
 - "native-fp8": sm_89/sm_90 (L4, RTX 40, H100): FP8 tensor cores; FP4 weights decoded in the kernel.
 - "emulated": sm_80/sm_86 (A100, RTX 30): Triton kernels decode FP8/FP4 codes to BF16 in registers.
 - "interpreter": no usable GPU, TRITON_INTERPRET=1 set: the Triton kernels run on the CPU (slowly).
@@ -19,7 +20,7 @@ import torch
 from quantlib.table import Table
 
 _PATH_TEXT = {
-    "native-fp4": "Triton kernels; FP8 and FP4 tensor cores",
+    "native-fp4": "Triton kernels; FP8 tensor cores, FP4 weights decoded or via tl.dot_scaled",
     "native-fp8": "Triton kernels; FP8 tensor cores, FP4 weights decoded in registers",
     "emulated": "Triton kernels; FP8/FP4 codes decoded to BF16 in registers",
     "interpreter": "Triton kernels on the CPU interpreter (TRITON_INTERPRET=1)",
