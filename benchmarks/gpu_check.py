@@ -470,24 +470,28 @@ def main():
             run_bench(f"quantize {rec}", bench_quantize(K, x, rec, copy_gbs))
         run_bench("dequantize fp8_e4m3_1x128 -> bf16", bench_dequantize(K, x, copy_gbs))
         del x
+        # most telling first, so a run cut short by the budget still has them: decode and
+        # prefill W4A16 at N=K=8192, the FP8 GEMM at 8192^3, then the other shapes
         gemms = [(8192, 8192, 8192), (8192, 6144, 4096), (8192, 28672, 4096), (8192, 4096, 14336)]
+        for M in (1, 16, 2048, 8192):
+            run_bench(f"nvfp4_matmul M={M} N=8192 K=8192",
+                      bench_w4a16(K, "nvfp4", min(M, d(M)), d(8192), d(8192)))
         for mode in ("tensor", "row", "block"):
             M, N, Kd = gemms[0]
             run_bench(f"fp8_scaled_mm {mode} {M}x{N}x{Kd}", bench_fp8_mm(K, mode, d(M), d(N), d(Kd)))
-        for N, Kd in [(8192, 8192), (28672, 8192)]:
-            for M in (1, 16, 2048, 8192):
-                run_bench(f"nvfp4_matmul M={M} N={N} K={Kd}",
-                          bench_w4a16(K, "nvfp4", min(M, d(M)), d(N), d(Kd)))
-        for M in (1, 8192):
-            run_bench(f"nvfp4_matmul M={M} N=8192 K=8192 (fp32 E2M1 decoder)",
-                      bench_w4a16(K, "nvfp4", min(M, d(M)), d(8192), d(8192), fast=False))
+        for M in (1, 16, 2048, 8192):
+            run_bench(f"nvfp4_matmul M={M} N=28672 K=8192",
+                      bench_w4a16(K, "nvfp4", min(M, d(M)), d(28672), d(8192)))
+        for M in (1, 16, 4096):
+            run_bench(f"mx_matmul mxfp4 M={M} N=8192 K=8192",
+                      bench_w4a16(K, "mxfp4", min(M, d(M)), d(8192), d(8192)))
         for M, N, Kd in gemms[1:]:
             for mode in ("tensor", "row", "block"):
                 run_bench(f"fp8_scaled_mm {mode} {M}x{N}x{Kd}",
                           bench_fp8_mm(K, mode, d(M), d(N), d(Kd)))
-        for M in (1, 16, 4096):
-            run_bench(f"mx_matmul mxfp4 M={M} N=8192 K=8192",
-                      bench_w4a16(K, "mxfp4", min(M, d(M)), d(8192), d(8192)))
+        for M in (1, 8192):
+            run_bench(f"nvfp4_matmul M={M} N=8192 K=8192 (fp32 E2M1 decoder)",
+                      bench_w4a16(K, "nvfp4", min(M, d(M)), d(8192), d(8192), fast=False))
 
     print_table(meta)
     dump()
