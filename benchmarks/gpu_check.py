@@ -226,6 +226,17 @@ def bf16_ulps(yb, y):
     return int(d.max()) if d.numel() else 0
 
 
+def bench_output_error(y, a64, b64):
+    """The benchmarked call's own BF16 output against float64: max |y - ref| over the bound of
+    FP32 accumulation (e) followed by one rounding to BF16 (half an ulp, <= 2^-8 |y32| with
+    |y32| <= |ref| + e); <= 1 means the timed configuration computed the right product at the
+    timed size."""
+    ref = a64 @ b64.T
+    e = gemm_tolerance(a64, b64, ref, a64.shape[1])
+    bound = e * (1 + 2.0 ** -8) + 2.0 ** -8 * ref.abs()
+    return float(((y.double() - ref).abs() / bound).max())
+
+
 def check_fp8_mm(K, rec_a, rec_b, M, N, Kd, native=None):
     def fn():
         from quantlib.kernels import _gemm
@@ -350,6 +361,8 @@ def bench_fp8_mm(K, mode, M, N, Kd):
         ours = bench_ms(lambda: K.fp8_scaled_mm(a, b, path="triton"), reps=20)
         from quantlib.kernels import _tuning
         config = str(_tuning.LAST_CONFIG)   # the autotuner's pick for this shape
+        err = bench_output_error(K.fp8_scaled_mm(a, b, path="triton"), a.dequantize().double(),
+                                 b.dequantize().double())
         af, bf = a.codes.view(torch.float8_e4m3fn), b.codes.view(torch.float8_e4m3fn).t()
         if mode == "row":
             sa, sb = a.scales.reshape(M, 1), b.scales.reshape(1, N)
@@ -371,12 +384,13 @@ def bench_fp8_mm(K, mode, M, N, Kd):
                      isinstance(v, float)]
         best = min(fp8_times) if fp8_times else base["torch.matmul bf16"]
         tf = lambda ms: flop / ms / 1e9
-        return {"M": M, "N": N, "K": Kd, "scales": mode, "config": config, "ms": ours,
+        return {"M": M, "N": N, "K": Kd, "scales": mode, "config": config,
+                "output error / bound": err, "ms": ours,
                 "TFLOP/s": tf(ours),
                 "baselines TFLOP/s": {k: (tf(v) if isinstance(v, float) else v)
                                       for k, v in base.items()},
                 "best baseline TFLOP/s": tf(best), "ratio": best / ours, "bar": 0.9,
-                "pass": best / ours >= 0.9,
+                "pass": best / ours >= 0.9 and err <= 1.0,
                 "note": "block scales vs per-tensor torch._scaled_mm (extra scaling work)"
                 if mode == "block" else ""}
     return fn
@@ -395,11 +409,11 @@ def bench_w4a16(K, recipe, M, N, Kd, fast=None):
         rot = copies_for(wq.nbytes)
         wqs = [wq] + [dataclasses.replace(wq, codes=wq.codes.clone(), scales=wq.scales.clone())
                       for _ in range(rot - 1)]
+        from quantlib.kernels import _wq_gemm
+        kind = "nvfp4" if recipe == "nvfp4" else recipe
         if fast is None:
             ours = bench_ms(lambda i: mm(x, wqs[i], path="triton"), rotate=rot)
         else:
-            from quantlib.kernels import _wq_gemm
-            kind = "nvfp4" if recipe == "nvfp4" else recipe
             ours = bench_ms(lambda i: _wq_gemm.wq_mm(x, wqs[i].codes, wqs[i].scales,
                                                      wq.tensor_scale, kind, fast=fast),
                             rotate=rot)
@@ -407,14 +421,19 @@ def bench_w4a16(K, recipe, M, N, Kd, fast=None):
         wbs = [wb] + [wb.clone() for _ in range(rotb - 1)]
         from quantlib.kernels import _tuning
         config = str(_tuning.LAST_CONFIG)   # the autotuner's pick for this shape
+        y = (mm(x, wq, path="triton") if fast is None else _wq_gemm.wq_mm(
+            x, wq.codes, wq.scales, wq.tensor_scale, kind, fast=fast))
+        err = bench_output_error(y, x.double(), wq.dequantize().double())
+        del y
         base = bench_ms(lambda i: torch.matmul(x, wbs[i].T), rotate=rotb)
         flop = 2.0 * M * N * Kd
         wbytes = wq.nbytes
-        return {"recipe": recipe, "M": M, "N": N, "K": Kd, "config": config, "ms": ours,
+        return {"recipe": recipe, "M": M, "N": N, "K": Kd, "config": config,
+                "output error / bound": err, "ms": ours,
                 "cuBLAS bf16 ms": base,
                 "TFLOP/s": flop / ours / 1e9, "cuBLAS TFLOP/s": flop / base / 1e9,
                 "weight GB/s": wbytes / ours / 1e6, "speedup": base / ours, "bar": bar,
-                "pass": None if bar is None else base / ours >= bar}
+                "pass": (err <= 1.0) if bar is None else (base / ours >= bar and err <= 1.0)}
     return fn
 
 
