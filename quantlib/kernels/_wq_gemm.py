@@ -93,6 +93,36 @@ def _store_partial(p_ptr, acc, pid_k, offs_m, offs_n, M, N):
 
 
 @triton.jit
+def _finish(acc, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K: tl.constexpr,
+            HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+            INTERPRET: tl.constexpr):
+    """A GEMM program's last step: its partial sums to their split-K slot, or (no split) the
+    epilogue straight away."""
+    if SPLIT_K > 1:
+        _store_partial(y_ptr, acc, pid_k, offs_m, offs_n, M, N)
+    else:
+        _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS,
+                  OUT_BF16, INTERPRET)
+
+
+@triton.jit
+def _k_slice(x_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K, pid_k, SPLIT_K: tl.constexpr,
+             W_FMT: tl.constexpr, GROUP: tl.constexpr, BK: tl.constexpr):
+    """Where this program's K slice starts (scalar bases of x, weight bytes, block scales) and
+    the int32 offset tiles of one BK step, built once (the launcher checks they fit): the loop
+    advances the bases only. Out-of-range rows read row 0 and are never stored."""
+    xm = tl.where(offs_m < M, offs_m, 0)
+    wn = tl.where(offs_n < N, offs_n, 0)
+    WB: tl.constexpr = BK // 2 if W_FMT == 0 else BK          # weight bytes per row per step
+    x_off = xm[:, None] * K + tl.arange(0, BK)[None, :]
+    w_off = wn[:, None] * (K * WB // BK) + tl.arange(0, WB)[None, :]
+    s_off = wn[:, None] * (K // GROUP) + tl.arange(0, BK // GROUP)[None, :]
+    k_start = pid_k * (K // SPLIT_K)
+    return (x_ptr + k_start, w_ptr + k_start * WB // BK, ws_ptr + k_start // GROUP,
+            x_off, w_off, s_off)
+
+
+@triton.jit
 def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
                  W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
                  HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
@@ -110,18 +140,10 @@ def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
     pid_k = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    xm = tl.where(offs_m < M, offs_m, 0)
-    wn = tl.where(offs_n < N, offs_n, 0)
+    x_base, w_base, s_base, x_off, w_off, s_off = _k_slice(
+        x_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K, pid_k, SPLIT_K, W_FMT, GROUP, BK)
     k_per = K // SPLIT_K
-    k_start = pid_k * k_per
-    WB: tl.constexpr = BK // 2 if W_FMT == 0 else BK          # weight bytes per row per step
-    # int32 offset tiles built once (the launcher checks they fit); scalar bases advance
-    x_off = xm[:, None] * K + tl.arange(0, BK)[None, :]
-    w_off = wn[:, None] * (K * WB // BK) + tl.arange(0, WB)[None, :]
-    s_off = wn[:, None] * (K // GROUP) + tl.arange(0, BK // GROUP)[None, :]
-    x_base = x_ptr + k_start
-    w_base = w_ptr + k_start * WB // BK
-    s_base = ws_ptr + k_start // GROUP
+    WB: tl.constexpr = BK // 2 if W_FMT == 0 else BK
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for _ in range(0, k_per, BK):
         x = tl.load(x_base + x_off)
@@ -139,11 +161,8 @@ def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
         x_base += BK
         w_base += WB
         s_base += BK // GROUP
-    if SPLIT_K > 1:
-        _store_partial(y_ptr, acc, pid_k, offs_m, offs_n, M, N)
-    else:
-        _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS,
-                  OUT_BF16, INTERPRET)
+    _finish(acc, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, HAS_TS,
+            HAS_BIAS, OUT_BF16, INTERPRET)
 
 
 @triton.jit
@@ -162,17 +181,10 @@ def wq_gemv_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    xm = tl.where(offs_m < M, offs_m, 0)
-    wn = tl.where(offs_n < N, offs_n, 0)
+    x_base, w_base, s_base, x_off, w_off, s_off = _k_slice(
+        x_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K, pid_k, SPLIT_K, W_FMT, GROUP, BK)
     k_per = K // SPLIT_K
-    k_start = pid_k * k_per
     WB: tl.constexpr = BK // 2 if W_FMT == 0 else BK
-    x_off = xm[:, None] * K + tl.arange(0, BK)[None, :]
-    w_off = wn[:, None] * (K * WB // BK) + tl.arange(0, WB)[None, :]
-    s_off = wn[:, None] * (K // GROUP) + tl.arange(0, BK // GROUP)[None, :]
-    x_base = x_ptr + k_start
-    w_base = w_ptr + k_start * WB // BK
-    s_base = ws_ptr + k_start // GROUP
     acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
     for _ in range(0, k_per, BK):
         x = to_f32(tl.load(x_base + x_off), True)                       # (BM, BK)
@@ -183,11 +195,8 @@ def wq_gemv_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
         w_base += WB
         s_base += BK // GROUP
     out = tl.sum(acc, axis=2)                                           # (BM, BN)
-    if SPLIT_K > 1:
-        _store_partial(y_ptr, out, pid_k, offs_m, offs_n, M, N)
-    else:
-        _epilogue(out, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS,
-                  OUT_BF16, INTERPRET)
+    _finish(out, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, HAS_TS,
+            HAS_BIAS, OUT_BF16, INTERPRET)
 
 
 @triton.jit
