@@ -59,6 +59,8 @@ CONFIGS: dict[str, QuantConfig] = {c.name: c for c in [
          "FP8 E4M3 weights per channel, activations per token (dynamic)"),
     _cfg("w8a8_int8", "int8_channel", "int8_rowwise",
          "INT8 weights per channel, activations per token (dynamic)"),
+    _cfg("w8a8_int8_static", "int8_channel", "int8_tensor",
+         "INT8 weights per channel, INT8 activations per tensor (static with calibration)"),
     _cfg("nvfp4_w4a4", "nvfp4", "nvfp4", "NVFP4 weights and activations"),
     _cfg("w4a4_int4", "int4_channel", INT4_TENSOR,
          "INT4 weights per channel, INT4 activations per tensor (static with calibration)"),
@@ -111,7 +113,7 @@ class QuantLinear(nn.Module):
     """y = x W^T + b with W stored as codes + scales (buffers, so state_dict saves them)."""
 
     def __init__(self, in_features: int, out_features: int, config, bias: bool = True,
-                 static_activation: bool = False, device=None):
+                 static_activation: bool = False, smooth: bool = False, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.config = get_config(config)
@@ -123,6 +125,7 @@ class QuantLinear(nn.Module):
                              f"static_activation needs an activation recipe")
         self.register_buffer("act_amax", torch.ones((), device=device)
                              if static_activation else None)
+        self.register_buffer("smooth", torch.ones(in_features, device=device) if smooth else None)
 
     def _set_weight(self, qt: QuantizedTensor) -> None:
         for name in ("codes", "scales", "tensor_scale", "zero_point"):
@@ -131,10 +134,21 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config, qweight: QuantizedTensor | None = None,
-                    act_amax: float | torch.Tensor | None = None) -> QuantLinear:
-        """Quantize an nn.Linear (round to nearest, or a given QuantizedTensor, e.g. from GPTQ)."""
+                    act_amax: float | torch.Tensor | None = None,
+                    smooth: torch.Tensor | None = None) -> QuantLinear:
+        """Quantize an nn.Linear (round to nearest, or a given QuantizedTensor, e.g. from GPTQ).
+
+        smooth: per-input-channel factors s (SmoothQuant, AWQ; see `quantlib.nn.smooth`): the
+        layer then computes (x / s) Q(W * s)^T, and a given qweight must already be Q(W * s)."""
         cfg = get_config(config)
         w = linear.weight.detach()
+        if smooth is not None:
+            smooth = torch.as_tensor(smooth, dtype=torch.float32, device=w.device)
+            if smooth.shape != (linear.in_features,) or not bool((smooth > 0).all()) \
+                    or not bool(torch.isfinite(smooth).all()):
+                raise ValueError(f"smooth must be {linear.in_features} positive finite factors "
+                                 f"(one per input channel), got shape {tuple(smooth.shape)}")
+            w = w * smooth
         q = cls.__new__(cls)
         nn.Module.__init__(q)
         q.in_features, q.out_features, q.config = linear.in_features, linear.out_features, cfg
@@ -146,6 +160,7 @@ class QuantLinear(nn.Module):
             static_recipe(cfg.activation, torch.as_tensor(act_amax))   # validates the recipe
         q.register_buffer("act_amax", None if act_amax is None else
                           torch.as_tensor(act_amax, dtype=torch.float32, device=w.device).clone())
+        q.register_buffer("smooth", None if smooth is None else smooth.clone())
         return q
 
     @property
@@ -174,8 +189,13 @@ class QuantLinear(nn.Module):
                 return y
         return self.reference_forward(x)
 
+    def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x / s with SmoothQuant / AWQ factors s (the weight holds Q(W * s)), else x."""
+        return x if self.smooth is None else x / self.smooth.to(x.dtype)
+
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dequantize the weight (and fake-quantize the input) and multiply: the exact math."""
+        x = self.smoothed_input(x)
         a = self.activation_recipe()
         if a is not None:
             x = quantize(x.reshape(-1, x.shape[-1]), a).dequantize(x.dtype).reshape(x.shape)
@@ -188,7 +208,8 @@ class QuantLinear(nn.Module):
             act = f", act={self.config.activation.name}" + \
                   (" static" if self.act_amax is not None else " dynamic")
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, weight={self.config.weight.name}{act}")
+                f"bias={self.bias is not None}, weight={self.config.weight.name}{act}"
+                + (", smoothed" if self.smooth is not None else ""))
 
 
 def kernel_gemm(layer: QuantLinear, x: torch.Tensor, path: str = "auto"):
@@ -199,6 +220,7 @@ def kernel_gemm(layer: QuantLinear, x: torch.Tensor, path: str = "auto"):
     accumulate in FP32 from BF16 inputs, so results match the reference to BF16 precision."""
     from quantlib import kernels as K
     w, a = layer.config.weight, layer.activation_recipe()
+    x = layer.smoothed_input(x)
     shape, x2 = x.shape, x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.float32 if x.dtype == torch.float32 else torch.bfloat16
     bias = None if layer.bias is None else layer.bias.float()
