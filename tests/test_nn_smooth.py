@@ -5,8 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from quantlib.nn import (QuantLinear, awq_factors, collect_inputs, quantize_model,
-                         smoothquant_factors)
+from quantlib.nn import (
+    QuantLinear,
+    awq_factors,
+    collect_inputs,
+    quantize_model,
+    smoothquant_factors,
+)
 from quantlib.nn.linear import kernel_gemm
 from quantlib.qtensor import quantize
 
