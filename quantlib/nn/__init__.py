@@ -5,6 +5,6 @@ from quantlib.nn.calibrate import (max_calibrator, percentile_calibrator, mse_ca
                                    fixed_amax, calibrate_activations, collect_inputs)
 from quantlib.nn.ptq import quantize_model, memory_report, size_by_component, compare_ptq
 from quantlib.nn.gptq import gptq_quantize, hessian
-from quantlib.nn.smooth import awq_factors, smoothquant_factors
+from quantlib.nn.transforms import awq_factors, smoothquant_factors
 from quantlib.nn.qat import (fake_quantize, LSQQuantizer, QATLinear, prepare_qat, convert,
                              qat_vs_ptq)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from quantlib.device import kernel_path
+from quantlib.nn.transforms import transformed_input, transformed_weight
 from quantlib.qtensor import QuantizedTensor, quantize
 from quantlib.recipes import Recipe, get_recipe
 from quantlib.table import Table
@@ -113,7 +114,8 @@ class QuantLinear(nn.Module):
     """y = x W^T + b with W stored as codes + scales (buffers, so state_dict saves them)."""
 
     def __init__(self, in_features: int, out_features: int, config, bias: bool = True,
-                 static_activation: bool = False, smooth: bool = False, device=None):
+                 static_activation: bool = False, smooth: bool = False, rotation: int = 0,
+                 device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.config = get_config(config)
@@ -126,6 +128,7 @@ class QuantLinear(nn.Module):
         self.register_buffer("act_amax", torch.ones((), device=device)
                              if static_activation else None)
         self.register_buffer("smooth", torch.ones(in_features, device=device) if smooth else None)
+        self.register_buffer("rotation", torch.eye(rotation, device=device) if rotation else None)
 
     def _set_weight(self, qt: QuantizedTensor) -> None:
         for name in ("codes", "scales", "tensor_scale", "zero_point"):
@@ -135,20 +138,33 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, config, qweight: QuantizedTensor | None = None,
                     act_amax: float | torch.Tensor | None = None,
-                    smooth: torch.Tensor | None = None) -> QuantLinear:
+                    smooth: torch.Tensor | None = None,
+                    rotation: torch.Tensor | None = None) -> QuantLinear:
         """Quantize an nn.Linear (round to nearest, or a given QuantizedTensor, e.g. from GPTQ).
 
-        smooth: per-input-channel factors s (SmoothQuant, AWQ; see `quantlib.nn.smooth`): the
-        layer then computes (x / s) Q(W * s)^T, and a given qweight must already be Q(W * s)."""
+        Equivalent transforms of the input channels (`quantlib.nn.transforms`): rotation, an
+        orthonormal n x n matrix H applied to every run of n input channels (a random Hadamard
+        matrix, QuaRot-style), then smooth, per-channel factors s (SmoothQuant, AWQ). The layer
+        computes T(x) Q(W')^T with T(x) = (x H) / s and W' = (W H) * s, so that T(x) W'^T = x W^T
+        before rounding; a given qweight must already be Q(W')."""
         cfg = get_config(config)
         w = linear.weight.detach()
+        if rotation is not None:
+            rotation = torch.as_tensor(rotation, dtype=torch.float32, device=w.device)
+            n = rotation.shape[0]
+            if rotation.dim() != 2 or rotation.shape != (n, n) or linear.in_features % n or \
+                    not torch.allclose(rotation @ rotation.T, torch.eye(n, device=w.device),
+                                       atol=1e-5):
+                raise ValueError(f"rotation must be an orthonormal n x n matrix with n dividing "
+                                 f"in_features={linear.in_features}, got {tuple(rotation.shape)}")
         if smooth is not None:
             smooth = torch.as_tensor(smooth, dtype=torch.float32, device=w.device)
             if smooth.shape != (linear.in_features,) or not bool((smooth > 0).all()) \
                     or not bool(torch.isfinite(smooth).all()):
                 raise ValueError(f"smooth must be {linear.in_features} positive finite factors "
                                  f"(one per input channel), got shape {tuple(smooth.shape)}")
-            w = w * smooth
+        if qweight is None and (rotation is not None or smooth is not None):
+            w = transformed_weight(w, rotation, smooth)
         q = cls.__new__(cls)
         nn.Module.__init__(q)
         q.in_features, q.out_features, q.config = linear.in_features, linear.out_features, cfg
@@ -161,6 +177,7 @@ class QuantLinear(nn.Module):
         q.register_buffer("act_amax", None if act_amax is None else
                           torch.as_tensor(act_amax, dtype=torch.float32, device=w.device).clone())
         q.register_buffer("smooth", None if smooth is None else smooth.clone())
+        q.register_buffer("rotation", rotation)     # shared, not copied: one H for all layers
         return q
 
     @property
@@ -189,13 +206,14 @@ class QuantLinear(nn.Module):
                 return y
         return self.reference_forward(x)
 
-    def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x / s with SmoothQuant / AWQ factors s (the weight holds Q(W * s)), else x."""
-        return x if self.smooth is None else x / self.smooth.to(x.dtype)
+    def input_transform(self, x: torch.Tensor) -> torch.Tensor:
+        """T(x) = (x H) / s, the input the quantized weight Q((W H) * s) expects: H the rotation,
+        s the smoothing factors, each only when the layer has one."""
+        return transformed_input(x, self.rotation, self.smooth)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Dequantize the weight (and fake-quantize the input) and multiply: the exact math."""
-        x = self.smoothed_input(x)
+        x = self.input_transform(x)
         a = self.activation_recipe()
         if a is not None:
             x = quantize(x.reshape(-1, x.shape[-1]), a).dequantize(x.dtype).reshape(x.shape)
@@ -209,6 +227,7 @@ class QuantLinear(nn.Module):
                   (" static" if self.act_amax is not None else " dynamic")
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, weight={self.config.weight.name}{act}"
+                + (f", rotated {self.rotation.shape[0]}" if self.rotation is not None else "")
                 + (", smoothed" if self.smooth is not None else ""))
 
 
@@ -220,7 +239,7 @@ def kernel_gemm(layer: QuantLinear, x: torch.Tensor, path: str = "auto"):
     accumulate in FP32 from BF16 inputs, so results match the reference to BF16 precision."""
     from quantlib import kernels as K
     w, a = layer.config.weight, layer.activation_recipe()
-    x = layer.smoothed_input(x)
+    x = layer.input_transform(x)
     shape, x2 = x.shape, x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.float32 if x.dtype == torch.float32 else torch.bfloat16
     bias = None if layer.bias is None else layer.bias.float()

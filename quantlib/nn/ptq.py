@@ -22,7 +22,14 @@ from quantlib.nn.calibrate import (
     max_calibrator,
     with_calibrator,
 )
+from quantlib.nn.hadamard import random_hadamard_matrix
 from quantlib.nn.linear import QuantConfig, QuantLinear, get_config, supports_static
+from quantlib.nn.transforms import (
+    SMOOTHING,
+    smoothing_factors,
+    transformed_input,
+    transformed_weight,
+)
 from quantlib.qtensor import quantize
 from quantlib.table import Table
 
@@ -59,7 +66,8 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                    weight_calibrator: str | Callable | None = None,
                    act_calibrator: str | Callable | None = None, method: str = "rtn",
                    inplace: bool = False, gptq_options: dict | None = None,
-                   smooth: str | None = None, smooth_alpha: float = 0.5) -> nn.Module:
+                   rotate: int = 0, smooth: str | None = None,
+                   smooth_alpha: float = 0.5) -> nn.Module:
     """Quantize every nn.Linear of `model` (a copy unless inplace) with `config`.
 
     config: a QuantConfig, a name of `CONFIGS` ("w8a8_fp8", "nvfp4_w4a4", ...) or a recipe name
@@ -68,21 +76,24 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     batches, per-tensor activation recipes get static scales; method="gptq" needs them too
     (gptq_options: block_size, damp, act_order, and sequential=False to take every layer's
     inputs from one pass of the FP32 model instead of one pass per layer).
-    smooth: "smoothquant" (factors from max |x| and max |W|, migration strength smooth_alpha)
-    or "awq" (factors from mean |x|, strength searched per layer): per-input-channel rescaling
-    before quantization (`quantlib.nn.smooth`), from every layer's inputs in one pass of the
-    FP32 model over `calibration`; static activation scales and GPTQ then see x / s.
+    Equivalent transforms before rounding (`quantlib.nn.transforms`): rotate=n, a random
+    Hadamard rotation of every n input channels (n a power of two dividing in_features; one
+    seeded matrix for all layers); smooth="smoothquant" (factors from max |x| and max |W|,
+    migration strength smooth_alpha) or "awq" (factors from mean |x|, strength searched per
+    layer), from every layer's inputs in one pass of the FP32 model over `calibration`. Static
+    activation scales and GPTQ see the transformed inputs.
     """
     cfg = get_config(config)
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method {method!r}: use 'rtn' (round to nearest) or 'gptq'")
     if method == "gptq" and calibration is None:
         raise ValueError("GPTQ needs calibration batches (a few hundred tokens of typical input)")
-    if smooth not in (None, "smoothquant", "awq"):
+    if smooth not in (None, *SMOOTHING):
         raise ValueError(f"smooth={smooth!r}: use None, 'smoothquant' or 'awq'")
     if smooth is not None and calibration is None:
         raise ValueError(f"smooth={smooth!r} needs calibration batches: its factors come from "
                          f"the activations each layer sees")
+    H = random_hadamard_matrix(rotate) if rotate else None    # ValueError unless a power of 2
     calibration = list(calibration) if calibration is not None else None
     model = model if inplace else copy.deepcopy(model)
     names = select_layers(model, skip)
@@ -90,46 +101,43 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     w_recipe = with_calibrator(cfg.weight, _calibrator(weight_calibrator, cfg.weight))
     cfg_w = QuantConfig(cfg.name, w_recipe, cfg.activation, cfg.description)
 
-    a = cfg.activation
-    static = supports_static(a) and calibration is not None
-    act_cal = _calibrator(act_calibrator, a) or max_calibrator
-    act_amax = {}
-    if static and smooth is None:
-        act_amax = calibrate_activations(model, calibration, act_cal, names)
-
+    static = supports_static(cfg.activation) and calibration is not None
+    act_cal = _calibrator(act_calibrator, cfg.activation) or max_calibrator
+    transformed = rotate or smooth is not None
+    act_amax = calibrate_activations(model, calibration, act_cal, names) \
+        if static and not transformed else {}
     gptq_options = dict(gptq_options or {})
-    # GPTQ's layer inputs: sequential (each layer sees the already quantized layers before it,
-    # one forward pass per layer) or all at once from the FP32 model (one pass, faster; always
-    # with smoothing, whose factors need every layer's inputs first)
+    # Layer inputs: from one pass of the FP32 model when the transforms or GPTQ's
+    # sequential=False ask for them; sequential GPTQ (each layer sees the already quantized
+    # layers before it) collects its own, one forward pass per layer.
     sequential = gptq_options.pop("sequential", True) and smooth is None
-    inputs = collect_inputs(model, calibration, names) \
-        if smooth is not None or (method == "gptq" and not sequential) else {}
+    inputs = collect_inputs(model, calibration, names) if smooth is not None or (
+        static and transformed) or (method == "gptq" and not sequential) else {}
     for name in names:
         lin = layers[name]
-        w, s = lin.weight.detach(), None
+        H = None if H is None else H.to(lin.weight.device)
         try:
-            if smooth is not None:
-                from quantlib.nn.smooth import awq_factors, smoothquant_factors
-                x = inputs[name]
-                s = (smoothquant_factors(x, w, smooth_alpha) if smooth == "smoothquant"
-                     else awq_factors(x, w, w_recipe)[0]).to(w.device)
-                inputs[name] = x = x / s.to(x.device)
-                w = w * s
-                if static:
-                    act_amax[name] = float(act_cal(x.reshape(1, -1), -1).reshape(()))
+            x = inputs.pop(name, None)
+            if x is not None and H is not None:
+                x = transformed_input(x, H)
+            s = None if smooth is None else smoothing_factors(
+                smooth, x, transformed_weight(lin.weight, H), w_recipe, smooth_alpha)
+            w = transformed_weight(lin.weight, H, s)
+            x = None if x is None else transformed_input(x, smooth=s)
+            if static and transformed:
+                act_amax[name] = float(act_cal(x.reshape(1, -1), -1).reshape(()))
             if method == "gptq":
                 from quantlib.nn.gptq import gptq_quantize, hessian
-                x = inputs.pop(name) if name in inputs else \
-                    collect_inputs(model, calibration, [name])[name]
+                if x is None:
+                    x = transformed_input(collect_inputs(model, calibration, [name])[name], H, s)
                 qweight, _ = gptq_quantize(w, hessian(x).to(w.device), w_recipe, **gptq_options)
             else:
                 qweight = quantize(w, w_recipe)
         except ValueError as e:
             raise ValueError(f"layer {name!r} ({lin.out_features}x{lin.in_features}): {e}; or "
                              f"leave the layer in full precision with skip=[{name!r}]") from None
-        inputs.pop(name, None)
         _replace(model, name, QuantLinear.from_linear(lin, cfg_w, qweight, act_amax.get(name),
-                                                      smooth=s))
+                                                      smooth=s, rotation=H))
     return model
 
 
@@ -140,16 +148,16 @@ def _nbytes(t: torch.Tensor | None) -> int:
 
 def size_by_component(model: nn.Module) -> dict[str, int]:
     """Bytes of a model by component: linear weights (codes), their scales (+ tensor scales,
-    zero points, static activation amax, smoothing factors), biases, and everything else
-    (embeddings, norms)."""
+    zero points, static activation amax, smoothing factors, the rotation matrix, counted once
+    when layers share it), biases, and everything else (embeddings, norms)."""
     out = dict.fromkeys(["linear weights", "scales", "biases", "other parameters"], 0)
     counted = set()
     for m in model.modules():
         if isinstance(m, QuantLinear):
             out["linear weights"] += _nbytes(m.weight_codes)
             extra = (m.weight_scales, m.weight_tensor_scale, m.weight_zero_point, m.act_amax,
-                     m.smooth)
-            out["scales"] += sum(_nbytes(t) for t in extra)
+                     m.smooth, m.rotation)
+            out["scales"] += sum(_nbytes(t) for t in extra if id(t) not in counted)
             tensors = [m.weight_codes, *extra]
         elif isinstance(m, nn.Linear):
             out["linear weights"] += _nbytes(m.weight)

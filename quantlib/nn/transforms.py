@@ -1,7 +1,10 @@
-"""Per-input-channel rescaling before quantization: SmoothQuant and AWQ.
+"""Equivalent transforms of a linear layer's input channels, applied before quantization.
 
-A linear layer computes y = x W^T. For any positive vector s over the input channels,
-y = (x / s) (W * s)^T exactly, so the quantizer may see x / s and W * s instead of x and W:
+A linear layer computes y = x W^T. For an orthonormal H and positive factors s over the input
+channels, y = T(x) W'^T exactly, with T(x) = (x H) / s and W' = (W H) * s; the quantizers may
+therefore be handed T(x) and W' instead of x and W, whichever is easier to round:
+- **Rotation** (QuaRot, Ashkboos et al., 2024): H a random Hadamard matrix applied to every run
+  of n input channels spreads each outlier over n channels, so the values look Gaussian.
 - **SmoothQuant** (Xiao et al., 2023) moves the difficulty of activation outlier channels into
   the weights: s_j = max|x_j|^alpha / max|W_:j|^(1 - alpha), so channel j's activations shrink
   by s_j and its weight column grows by as much. For W8A8 and W4A4.
@@ -9,16 +12,39 @@ y = (x / s) (W * s)^T exactly, so the quantizer may see x / s and W * s instead 
   (normalized so that max(s) min(s) = 1), alpha searched on a grid to minimise the layer's output
   error after weight quantization. For weight-only W4A16.
 
-`QuantLinear` stores s (`smooth`) and divides its input by it; in deployment that division is
-folded into the operation before the layer (a LayerNorm's weight and bias, or the previous
-linear layer's rows), so it costs nothing. `quantize_model(..., smooth="smoothquant" | "awq")`
-applies either to every layer from calibration inputs.
+`QuantLinear` keeps H (`rotation`, one matrix shared by all layers) and s (`smooth`) and applies
+T to its input; in deployment the division by s folds into the operation before the layer (a
+LayerNorm's weight and bias, or the previous linear layer's rows) and H into the previous
+layer's weights or a fast Walsh-Hadamard transform. `quantize_model(..., rotate=n,
+smooth="smoothquant" | "awq")` applies them to every layer (rotation first: the factors are
+computed on the rotated inputs and weights).
 """
 from __future__ import annotations
 
 import torch
 
+from quantlib.nn.hadamard import hadamard_transform
 from quantlib.qtensor import quantize
+
+SMOOTHING = ("smoothquant", "awq")
+
+
+def transformed_input(x: torch.Tensor, rotation: torch.Tensor | None = None,
+                      smooth: torch.Tensor | None = None) -> torch.Tensor:
+    """T(x) = (x H) / s, each step only when given; the rotation in FP32 (1/sqrt(n) is not a
+    BF16 number), the result in x's dtype."""
+    if rotation is not None:
+        x = hadamard_transform(x.float(), rotation).to(x.dtype)
+    return x if smooth is None else x / smooth.to(device=x.device, dtype=x.dtype)
+
+
+def transformed_weight(weight: torch.Tensor, rotation: torch.Tensor | None = None,
+                       smooth: torch.Tensor | None = None) -> torch.Tensor:
+    """W' = (W H) * s in FP32, so that T(x) W'^T = x W^T."""
+    w = weight.detach().float()
+    if rotation is not None:
+        w = hadamard_transform(w, rotation)
+    return w if smooth is None else w * smooth.to(w.device)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -66,3 +92,14 @@ def awq_factors(x: torch.Tensor, weight: torch.Tensor, recipe, grid: int = 20,
         if err < best[0]:
             best = (err, s, alpha)
     return best[1], best[2]
+
+
+def smoothing_factors(method: str, x: torch.Tensor, weight: torch.Tensor, recipe,
+                      alpha: float = 0.5) -> torch.Tensor:
+    """The factors s of `method`: "smoothquant" (migration strength alpha) or "awq" (alpha
+    searched, the weight recipe's rounding in the loop)."""
+    if method == "smoothquant":
+        return smoothquant_factors(x, weight, alpha)
+    if method == "awq":
+        return awq_factors(x, weight, recipe)[0]
+    raise ValueError(f"smooth={method!r}: use None, 'smoothquant' or 'awq'")
