@@ -63,6 +63,8 @@ def test_weight_matmul(recipe, M, path):
     assert within_fp32_bound(y, x.double(), w.dequantize().double(), bias)
     x3 = x.reshape(1, M, 256)                                    # leading dims pass through
     assert mm(x3, w, path=path).shape == (1, M, 48)
+    empty = mm(x[:0], w, bias=bias, path=path)                   # no tokens: an empty result
+    assert empty.shape == (0, 48) and empty.dtype == torch.bfloat16
 
 
 WQ_CONFIGS = [("gemv", 1, 16, 64, 1, 4, 1), ("gemv", 4, 16, 64, 2, 4, 1),

@@ -271,6 +271,9 @@ def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=
     if max(M, N) * K >= 2**31:
         raise ValueError(f"wq_mm: {M}x{K} or {N}x{K} exceeds the kernel's int32 offsets")
     out_dtype = out_dtype or torch.bfloat16
+    if M == 0 or N == 0 or K == 0:       # nothing to launch: an empty product (plus the bias)
+        y = torch.zeros((M, N), dtype=torch.float32, device=x.device)
+        return (y if bias is None else y + bias.float()).to(out_dtype)
     interp = x.device.type == "cpu"
     W_FMT, S_FMT, GROUP = _WQ[kind]
     fast = (FAST_E2M1 if fast is None else fast) and not interp and W_FMT == 0
