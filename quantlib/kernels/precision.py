@@ -90,8 +90,13 @@ def layer_roles_table(m: int = 64, k: int = 1024, n: int = 64, seed: int = 0) ->
     t.append(["input", "weights", "FP8 E4M3, row scales", qsnr(w, wq.dequantize()), "vs FP32 w"])
     t.append(["input", "activations", "FP8 E4M3, row scales", qsnr(x, xq.dequantize()),
               "vs FP32 x"])
-    t.append(["math", "multiplication", "FP8 x FP8", float("inf"),
-              "every product exact in FP32/BF16"])
+    # the products as FP32 and BF16 multipliers return them, against the exact float64 ones
+    p32 = codes_x.float()[:, None, :] * codes_w.float()[None, :, :]
+    p16 = codes_x.bfloat16()[:, None, :] * codes_w.bfloat16()[None, :, :]
+    exact_products = "every product exact" if bool((p32.double() == prods).all()) and bool(
+        (p16.double() == prods).all()) else "some products rounded"
+    t.append(["math", "multiplication", "FP8 x FP8", qsnr(prods, p32.double()),
+              f"{exact_products} in FP32/BF16"])
     for a in ("fp32", "bf16", "fp16"):
         ok = bool(torch.isfinite(acc[a]).all())
         t.append(["math", "accumulation", a.upper(), _qsnr(exact, acc[a]),
