@@ -287,6 +287,26 @@ def check_w4a16(K, recipe, M, N, Kd, fast=None, config=None):
     return fn
 
 
+def check_fp8_weight(K, recipe, M, N, Kd):
+    """W8A16: fp8_weight_matmul (FP8 weight, FP32 scale per row or tensor, BF16 x) against
+    float64, FP32 output within the accumulation bound, BF16 output its own FP32 rounded once."""
+    def fn():
+        g = torch.Generator(device=DEV).manual_seed(6)
+        w = K.fp8_quantize(torch.randn(N, Kd, device=DEV, generator=g), recipe)
+        x = torch.randn(M, Kd, device=DEV, generator=g).to(torch.bfloat16)
+        bias = torch.randn(N, device=DEV, generator=g)
+        w64, x64 = w.dequantize().double(), x.double()
+        ref = x64 @ w64.T + bias.double()
+        y = K.fp8_weight_matmul(x, w, bias, torch.float32, path="triton")
+        yb = K.fp8_weight_matmul(x, w, bias, torch.bfloat16, path="triton")
+        bound = gemm_tolerance(x64, w64, ref, Kd) + 2.0 ** -23 * bias.double().abs()
+        ratio = float(((y.double() - ref).abs() / bound).max())
+        ulps = bf16_ulps(yb, y)
+        return ratio <= 1.0 and ulps <= 1, (f"max err / fp32 bound = {ratio:.3g}, bf16 output "
+                                            f"{ulps} ulp from RNE(fp32 output)")
+    return fn
+
+
 def check_scaled_mm_agrees(K):
     """Our per-tensor FP8 GEMM and torch._scaled_mm (cuBLAS) on the same codes and scales, both
     against float64: ours must meet the FP32-accumulation bound. cuBLAS's FP8 GEMM on Hopper
@@ -398,12 +418,16 @@ def bench_fp8_mm(K, mode, M, N, Kd):
 
 def bench_w4a16(K, recipe, M, N, Kd, fast=None):
     bar = 2.5 if M == 1 else 2.0 if M <= 16 else 0.7 if M >= 2048 else None
+    bar = None if recipe.startswith("fp8") else bar    # the issue's bars are for 4-bit weights
 
     def fn():
         g = torch.Generator(device=DEV).manual_seed(5)
         w = torch.randn(N, Kd, device=DEV, generator=g)
-        wq = (K.nvfp4_quantize if recipe == "nvfp4" else K.mx_quantize)(w, recipe)
-        mm = K.nvfp4_matmul if recipe == "nvfp4" else K.mx_matmul
+        if recipe.startswith("fp8"):          # W8A16: FP8 weight, FP32 scale per row
+            wq, mm = K.fp8_quantize(w, recipe), K.fp8_weight_matmul
+        else:
+            wq = (K.nvfp4_quantize if recipe == "nvfp4" else K.mx_quantize)(w, recipe)
+            mm = K.nvfp4_matmul if recipe == "nvfp4" else K.mx_matmul
         wb = w.to(torch.bfloat16)
         x = torch.randn(M, Kd, device=DEV, generator=g).to(torch.bfloat16)
         rot = copies_for(wq.nbytes)
@@ -504,6 +528,9 @@ def main():
         for M in (1, 16, 4096):
             run_bench(f"mx_matmul mxfp4 M={M} N=8192 K=8192",
                       bench_w4a16(K, "mxfp4", min(M, d(M)), d(8192), d(8192)))
+        for M in (1, 16):
+            run_bench(f"fp8_weight_matmul rowwise M={M} N=8192 K=8192",
+                      bench_w4a16(K, "fp8_e4m3_rowwise", M, d(8192), d(8192)))
         for M, N, Kd in gemms[1:]:
             for mode in ("tensor", "row", "block"):
                 run_bench(f"fp8_scaled_mm {mode} {M}x{N}x{Kd}",
@@ -553,6 +580,9 @@ def run_checks(K):
         for rec, M in [("nvfp4", 1), ("nvfp4", 2048), ("mxfp4", 16)]:
             run_check(f"{rec} matmul M={M} E2M1 decoder {'PTX table' if fast else 'fp32'}",
                       check_w4a16(K, rec, min(M, d(M)), d(1536), d(2048), fast=fast))
+    for rec, M in [("fp8_e4m3_rowwise", 1), ("fp8_e4m3_rowwise", 2048), ("fp8_e5m2_tensor", 16)]:
+        run_check(f"fp8_weight_matmul {rec} M={min(M, d(M))} N=1536 K=2048",
+                  check_fp8_weight(K, rec, min(M, d(M)), d(1536), d(2048)))
     # every W4A16 candidate the autotuner may pick, once: GEMV and tensor-core kernels, split K
     # (M=16's candidates are M=1's tensor-core ones), and tl.dot_scaled for MX weights
     from quantlib.kernels import _wq_gemm

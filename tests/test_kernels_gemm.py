@@ -91,6 +91,10 @@ def test_weight_matmul_every_kernel(recipe, config):
         return
     M = min(config[1], 3) if config[0] == "gemv" else 20
     w = (K.nvfp4_quantize if recipe == "nvfp4" else K.mx_quantize)(rand(40, 256, seed=9), recipe)
+    if config[0] == "gemv":                # one program holds every row: BM < M is refused
+        with pytest.raises(ValueError, match="at most BM rows"):
+            _wq_gemm.wq_mm(rand(config[1] + 1, 256).to(torch.bfloat16), w.codes, w.scales,
+                           w.tensor_scale, recipe, config=config)
     x = rand(M, 256, seed=10).to(torch.bfloat16)
     bias = rand(40, seed=11)
 
@@ -101,6 +105,32 @@ def test_weight_matmul_every_kernel(recipe, config):
     assert within_fp32_bound(y, x.double(), w.dequantize().double(), bias)
     assert torch.equal(run(torch.bfloat16), y.to(torch.bfloat16))
     assert torch.equal(run(torch.float32), y)                      # deterministic
+
+
+@pytest.mark.parametrize("recipe", ["fp8_e4m3_rowwise", "fp8_e4m3_tensor", "fp8_e5m2_rowwise"])
+@pytest.mark.parametrize("M", [1, 3, 20])
+@pytest.mark.parametrize("path", ["triton", "reference"])
+def test_fp8_weight_matmul(recipe, M, path):
+    """W8A16: an FP8 weight with one FP32 scale per row or tensor, BF16 activations; the scale
+    multiplies the FP32 accumulator. The kernel's GEMV and tensor-core configs, split K or not."""
+    from quantlib.kernels import _wq_gemm
+    w = K.fp8_quantize(rand(40, 256, seed=16), recipe)
+    x = rand(M, 256, seed=17).to(torch.bfloat16)
+    bias = rand(40, seed=18)
+    y = K.fp8_weight_matmul(x, w, bias=bias, out_dtype=torch.float32, path=path)
+    assert y.shape == (M, 40)
+    assert within_fp32_bound(y, x.double(), w.dequantize().double(), bias)
+    if path == "triton" and DEV == "cpu":
+        kind = "fp8_" + get_recipe(recipe).element
+        for cfg in [c for c in WQ_CONFIGS[:5] if c[0] == "dot" or c[1] >= M]:
+            yc = _wq_gemm.wq_mm(x, w.codes, None, w.scales.reshape(-1).contiguous(), kind,
+                                bias=bias, out_dtype=torch.float32, config=cfg)
+            assert within_fp32_bound(yc, x.double(), w.dequantize().double(), bias), cfg
+    with pytest.raises(ValueError, match="multiple of 16"):
+        K.fp8_weight_matmul(rand(2, 40).to(torch.bfloat16),
+                            K.fp8_quantize(rand(8, 40), recipe), path=path)
+    with pytest.raises(ValueError, match="recipe"):
+        K.fp8_weight_matmul(x, K.fp8_quantize(rand(40, 256), "fp8_e4m3_1x128"), path=path)
 
 
 def test_gemm_bad_input():

@@ -25,6 +25,7 @@ __all__ = [
     "fp8_linear",
     "fp8_quantize",
     "fp8_scaled_mm",
+    "fp8_weight_matmul",
     "mx_dequantize",
     "mx_matmul",
     "mx_quantize",
@@ -261,11 +262,14 @@ def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
     N, K = w.shape
     if x.shape[-1] != K:
         raise ValueError(f"{what}: x has K={x.shape[-1]} but w is {N}x{K} (x @ w^T)")
-    if K % r.block:
-        raise ValueError(f"{what}: K={K} is not a multiple of the {r.block}-element block")
-    if tuple(w.scales.shape) != (N, K // r.block):
+    step = r.block if r.granularity == "group" else 16    # FP8 per row/tensor: the kernel's
+    if K % step:                                          # smallest K step
+        raise ValueError(f"{what}: K={K} is not a multiple of "
+                         f"{'the ' + str(step) + '-element block' if step == r.block else step}")
+    want = scale_shape(r, (N, K))
+    if tuple(w.scales.shape) != tuple(want):
         raise ValueError(f"{what}: w's scales have shape {tuple(w.scales.shape)}, expected "
-                         f"{(N, K // r.block)}")
+                         f"{tuple(want)}")
     if x.device != w.device:
         raise ValueError(f"{what}: x is on {x.device}, w on {w.device}")
     if bias is not None and (bias.shape != (N,) or bias.device != x.device):
@@ -275,9 +279,13 @@ def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
     if not use_triton(x, path):
         return reference.weight_mm_ref(x, w, bias, out_dtype)
     from quantlib.kernels import _wq_gemm
+    if kind.startswith("fp8"):      # one FP32 scale per tensor or per row, on the accumulator
+        ws, ts = None, w.scales.reshape(-1).float().contiguous()
+    else:
+        ws, ts = w.scales, w.tensor_scale
     with quiet():
-        y = _wq_gemm.wq_mm(x.reshape(-1, K), w.codes, w.scales, w.tensor_scale, kind,
-                        bias=None if bias is None else bias.contiguous(), out_dtype=out_dtype)
+        y = _wq_gemm.wq_mm(x.reshape(-1, K), w.codes, ws, ts, kind,
+                           bias=None if bias is None else bias.contiguous(), out_dtype=out_dtype)
     return y.reshape(*x.shape[:-1], N)
 
 
@@ -287,6 +295,18 @@ def nvfp4_matmul(x: torch.Tensor, w: QuantizedTensor, bias: torch.Tensor | None 
     W4A16 GEMM; the packed weight is dequantized in registers, FP32 accumulation."""
     kinds = {"nvfp4": lambda r: (r.element, r.scale_format, r.block) == ("e2m1", "e4m3", 16)}
     return _weight_mm(x, w, bias, out_dtype, path, kinds, "nvfp4_matmul")
+
+
+def fp8_weight_matmul(x: torch.Tensor, w: QuantizedTensor, bias: torch.Tensor | None = None,
+                      out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
+    """x @ dequantize(w)^T for an FP8 weight w (N, K) with one FP32 (or power-of-two) scale per
+    tensor or per output row, and BF16 activations x (..., K): the W8A16 GEMM (weight-only FP8,
+    e.g. the "fp8" config of quantlib.nn); codes decoded in registers, the scale applied to the
+    FP32 accumulator. For FP8 activations as well, use fp8_scaled_mm."""
+    fp8 = lambda e: (lambda r: r.element == e and r.scale_format in ("fp32", "pow2")
+                     and r.granularity in ("tensor", "row"))
+    kinds = {"fp8_e4m3": fp8("e4m3"), "fp8_e5m2": fp8("e5m2")}
+    return _weight_mm(x, w, bias, out_dtype, path, kinds, "fp8_weight_matmul")
 
 
 def mx_matmul(x: torch.Tensor, w: QuantizedTensor, bias: torch.Tensor | None = None,

@@ -46,12 +46,12 @@ def _dequant_tile(p, sc, W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.con
                   BN: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
     """Dequantize a loaded (BN, BK) weight tile in registers: codes p times block scales sc.
     W_FMT 0: E2M1 packed two per byte (element 2i in the low nibble), p is (BN, BK/2);
-    1/2: E4M3/E5M2 bytes. S_FMT 0: E4M3 block scales; 1: E8M0. The tensor scale is applied to
-    the accumulator. FAST (GPU): E2M1 decoded by the PTX table above and scaled in BF16 (an
+    1/2: E4M3/E5M2 bytes. S_FMT 0: E4M3 block scales; 1: E8M0; 2: none (the scale is per
+    tensor or per row, applied to the accumulator like NVFP4's tensor scale). FAST (GPU): E2M1 decoded by the PTX table above and scaled in BF16 (an
     E2M1 value times an E4M3 scale has at most 6 significant bits: exact in BF16)."""
     if S_FMT == 0:
         s = decode_e4m3(sc)
-    else:
+    elif S_FMT == 1:
         s = decode_e8m0(sc)
     if W_FMT == 0:
         p = p.to(tl.int32)
@@ -59,7 +59,8 @@ def _dequant_tile(p, sc, W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.con
             lo, hi = tl.inline_asm_elementwise(_E2M1X2_TO_BF16X2, "=h,=h,r", [p],
                                                dtype=(tl.int16, tl.int16), is_pure=True, pack=1)
             w = tl.reshape(tl.join(lo, hi), (BN, BK)).to(tl.bfloat16, bitcast=True)
-            s = s.to(tl.bfloat16)
+            if S_FMT != 2:
+                s = s.to(tl.bfloat16)
         else:
             c = tl.reshape(tl.join(p & 0xF, p >> 4), (BN, BK))
             # E2M1 -> fp16 bits: the 3 magnitude bits land on fp16's exponent LSBs and mantissa
@@ -68,16 +69,30 @@ def _dequant_tile(p, sc, W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.con
             w = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 16384.0
     else:
         w = decode_fp8(p, W_FMT - 1)
-    w = tl.reshape(w, (BN, BK // GROUP, GROUP)) * s[:, :, None]
-    return tl.reshape(w, (BN, BK))
+    if S_FMT != 2:
+        w = tl.reshape(tl.reshape(w, (BN, BK // GROUP, GROUP)) * s[:, :, None], (BN, BK))
+    return w
 
 
 @triton.jit
-def _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS: tl.constexpr,
+def _load_scales(ptrs, S_FMT: tl.constexpr):
+    """One K step's block scales, or nothing when the weight has none (S_FMT 2)."""
+    if S_FMT == 2:
+        sc = 0
+    else:
+        sc = tl.load(ptrs)
+    return sc
+
+
+@triton.jit
+def _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, TS: tl.constexpr,
               HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr):
-    """y = acc * tensor scale + bias, then stored (fp32, or RNE bf16) for a (BM, BN) tile."""
-    if HAS_TS:
+    """y = acc * scale + bias, then stored (fp32, or RNE bf16) for a (BM, BN) tile. TS: 0 no
+    scale, 1 one tensor scale (NVFP4), 2 one scale per output row (FP8 weights per channel)."""
+    if TS == 1:
         acc = acc * tl.load(ts_ptr)
+    elif TS == 2:
+        acc = acc * tl.load(ts_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     _store_out(y_ptr, acc, offs_m, offs_n, M, N, OUT_BF16, INTERPRET)
@@ -94,14 +109,14 @@ def _store_partial(p_ptr, acc, pid_k, offs_m, offs_n, M, N):
 
 @triton.jit
 def _finish(acc, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K: tl.constexpr,
-            HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+            TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
             INTERPRET: tl.constexpr):
     """A GEMM program's last step: its partial sums to their split-K slot, or (no split) the
     epilogue straight away."""
     if SPLIT_K > 1:
         _store_partial(y_ptr, acc, pid_k, offs_m, offs_n, M, N)
     else:
-        _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS,
+        _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, TS, HAS_BIAS,
                   OUT_BF16, INTERPRET)
 
 
@@ -125,7 +140,7 @@ def _k_slice(x_ptr, w_ptr, ws_ptr, offs_m, offs_n, M, N, K, pid_k, SPLIT_K: tl.c
 @triton.jit
 def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
                  W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
-                 HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+                 TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
                  INTERPRET: tl.constexpr, SPLIT_K: tl.constexpr, FAST: tl.constexpr,
                  SCALED_DOT: tl.constexpr, W_DOT_FMT: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
@@ -149,10 +164,10 @@ def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
         x = tl.load(x_base + x_off)
         if SCALED_DOT:  # rhs is (K, N): the (BN, WB) code tile transposed; scales stay (BN, .)
             acc = tl.dot_scaled(x.to(tl.bfloat16, bitcast=True), None, "bf16",
-                                tl.trans(tl.load(w_base + w_off)), tl.load(s_base + s_off),
+                                tl.trans(tl.load(w_base + w_off)), _load_scales(s_base + s_off, S_FMT),
                                 W_DOT_FMT, acc)
         else:
-            w = _dequant_tile(tl.load(w_base + w_off), tl.load(s_base + s_off), W_FMT, S_FMT,
+            w = _dequant_tile(tl.load(w_base + w_off), _load_scales(s_base + s_off, S_FMT), W_FMT, S_FMT,
                               GROUP, BN, BK, FAST)
             if INTERPRET:   # fp32 products (exact) on the interpreter, whose bf16 is not IEEE
                 acc = tl.dot(to_f32(x, True), tl.trans(w), acc, input_precision="ieee")
@@ -161,14 +176,14 @@ def wq_mm_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
         x_base += BK
         w_base += WB
         s_base += BK // GROUP
-    _finish(acc, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, HAS_TS,
+    _finish(acc, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, TS,
             HAS_BIAS, OUT_BF16, INTERPRET)
 
 
 @triton.jit
 def wq_gemv_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
                    W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
-                   HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+                   TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
                    INTERPRET: tl.constexpr, SPLIT_K: tl.constexpr, FAST: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """The same product for decode-sized M (all M <= BM rows in one program), on the CUDA
@@ -188,20 +203,20 @@ def wq_gemv_kernel(x_ptr, w_ptr, ws_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
     acc = tl.zeros((BM, BN, BK), dtype=tl.float32)
     for _ in range(0, k_per, BK):
         x = to_f32(tl.load(x_base + x_off), True)                       # (BM, BK)
-        w = _dequant_tile(tl.load(w_base + w_off), tl.load(s_base + s_off), W_FMT, S_FMT, GROUP,
+        w = _dequant_tile(tl.load(w_base + w_off), _load_scales(s_base + s_off, S_FMT), W_FMT, S_FMT, GROUP,
                           BN, BK, FAST).to(tl.float32)                 # (BN, BK)
         acc += x[:, None, :] * w[None, :, :]
         x_base += BK
         w_base += WB
         s_base += BK // GROUP
     out = tl.sum(acc, axis=2)                                           # (BM, BN)
-    _finish(out, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, HAS_TS,
+    _finish(out, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, TS,
             HAS_BIAS, OUT_BF16, INTERPRET)
 
 
 @triton.jit
 def splitk_reduce_kernel(p_ptr, ts_ptr, bias_ptr, y_ptr, M, N, SPLIT_K: tl.constexpr,
-                         HAS_TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+                         TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
                          INTERPRET: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
     """Sum the SPLIT_K partial products slot by slot (the same order every run), then the
     tensor scale, bias and output cast of `_epilogue`."""
@@ -212,14 +227,16 @@ def splitk_reduce_kernel(p_ptr, ts_ptr, bias_ptr, y_ptr, M, N, SPLIT_K: tl.const
     acc = tl.load(ptrs, mask=mask, other=0.0)
     for s in tl.static_range(1, SPLIT_K):
         acc += tl.load(ptrs + s * M * N, mask=mask, other=0.0)
-    _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, HAS_TS, HAS_BIAS, OUT_BF16,
+    _epilogue(acc, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, TS, HAS_BIAS, OUT_BF16,
               INTERPRET)
 
 
 # ---- launcher (host side) ------------------------------------------------------------------
 FAST_E2M1 = True   # the PTX E2M1 decoder on GPUs (gpu_check.py verifies it; False: fp32 path)
 _WQ = {"nvfp4": (0, 0, 16), "mxfp4": (0, 1, 32), "mxfp8_e4m3": (1, 1, 32),
-       "mxfp8_e5m2": (2, 1, 32)}
+       "mxfp8_e5m2": (2, 1, 32), "fp8_e4m3": (1, 2, 1), "fp8_e5m2": (2, 2, 1)}
+# name -> (W_FMT, S_FMT, GROUP): FP8 weights with a per-tensor or per-row FP32 scale have no
+# block scales (S_FMT 2): `ts` carries that scale, one value or one per output row
 _best_wq = {}
 GEMV_MAX_M = 4     # the CUDA-core kernel is a candidate up to this many rows
 
@@ -263,8 +280,10 @@ def wq_configs(M: int, interpret: bool, scaled: bool = False):
 
 def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=None):
     """Y = X @ dequant(W)^T: x (M, K) bf16, w codes (N, K/2) packed E2M1 or (N, K) FP8 bytes,
-    ws (N, K/GROUP) uint8 block scales (E4M3 for NVFP4, E8M0 for MX), ts fp32 tensor scale or
-    None. `config` forces one of `wq_configs`' tuples; otherwise they are tuned per shape."""
+    ws (N, K/GROUP) uint8 block scales (E4M3 for NVFP4, E8M0 for MX; None for the "fp8_*"
+    kinds), ts fp32 scale applied to the accumulator: NVFP4's tensor scale (one value), or for
+    "fp8_*" the weight's per-tensor (one value) or per-row (N values) scale; None for MX.
+    `config` forces one of `wq_configs`' tuples; otherwise they are tuned per shape."""
     import torch
     M, K = x.shape
     N = w.shape[0]
@@ -278,12 +297,21 @@ def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=
     W_FMT, S_FMT, GROUP = _WQ[kind]
     fast = (FAST_E2M1 if fast is None else fast) and not interp and W_FMT == 0
     cfgs = [config] if config else wq_configs(M, interp, scaled_dot_ok(kind, x.device))
+    if any(c[0] == "gemv" and c[1] < M for c in cfgs):
+        raise ValueError(f"wq_mm: a GEMV config computes at most BM rows in one program; x has "
+                         f"M={M} rows: use BM >= M (a power of two) or a 'dot' config")
     if any(c[0] == "scaled" for c in cfgs) and S_FMT != 1:
         raise ValueError(f"wq_mm: tl.dot_scaled takes E8M0 scales per 32 (MX); {kind} has "
                          f"E4M3 scales per 16: use a 'dot' or 'gemv' config")
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
     y_arg = y.view(torch.int16) if (interp and out_dtype == torch.bfloat16) else y
-    common = {"W_FMT": W_FMT, "S_FMT": S_FMT, "GROUP": GROUP, "HAS_TS": ts is not None,
+    if S_FMT == 2 and K % 16:
+        raise ValueError(f"wq_mm: K={K} is not a multiple of 16, the smallest K step of the "
+                         f"kernels; pad K or use the reference path")
+    ts_mode = 0 if ts is None else 1 if ts.numel() == 1 else 2
+    if ws is None:
+        ws = w                          # never read (S_FMT 2): any pointer will do
+    common = {"W_FMT": W_FMT, "S_FMT": S_FMT, "GROUP": GROUP, "TS": ts_mode,
               "HAS_BIAS": bias is not None, "OUT_BF16": out_dtype == torch.bfloat16,
               "INTERPRET": interp, "FAST": fast}
     ts_arg = ts if ts is not None else ws
@@ -312,7 +340,7 @@ def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=
         if SK > 1:
             RB, RN = 16, 256
             splitk_reduce_kernel[(triton.cdiv(M, RB), triton.cdiv(N, RN))](
-                out, ts_arg, bias_arg, y_arg, M, N, SPLIT_K=SK, HAS_TS=ts is not None,
+                out, ts_arg, bias_arg, y_arg, M, N, SPLIT_K=SK, TS=ts_mode,
                 HAS_BIAS=bias is not None, OUT_BF16=out_dtype == torch.bfloat16,
                 INTERPRET=interp, BM=RB, BN=RN)
 

@@ -234,8 +234,8 @@ class QuantLinear(nn.Module):
 def kernel_gemm(layer: QuantLinear, x: torch.Tensor, path: str = "auto"):
     """y through quantlib.kernels' GEMM for this layer's recipes, or None when there is none.
 
-    W8A8 FP8: fp8_quantize(x) then fp8_scaled_mm; NVFP4 / MXFP4 / MXFP8 weights: nvfp4_matmul /
-    mx_matmul on BF16 activations (NVFP4 W4A4 first rounds x to NVFP4 and back). The kernels
+    W8A8 FP8: fp8_quantize(x) then fp8_scaled_mm; FP8 weights alone (W8A16): fp8_weight_matmul;
+    NVFP4 / MXFP4 / MXFP8 weights: nvfp4_matmul / mx_matmul on BF16 activations (NVFP4 W4A4 first rounds x to NVFP4 and back). The kernels
     accumulate in FP32 from BF16 inputs, so results match the reference to BF16 precision."""
     from quantlib import kernels as K
     w, a = layer.config.weight, layer.activation_recipe()
@@ -248,6 +248,9 @@ def kernel_gemm(layer: QuantLinear, x: torch.Tensor, path: str = "auto"):
             and a.element in ("e4m3", "e5m2") and a.calibrator is None \
             and w.granularity in ("tensor", "row") and a.granularity in ("tensor", "row"):
         y = K.fp8_scaled_mm(K.fp8_quantize(x2, a, path=path), qw, bias, out, path=path)
+    elif w.element in ("e4m3", "e5m2") and w.scale_format in ("fp32", "pow2") and a is None \
+            and w.granularity in ("tensor", "row") and layer.in_features % 16 == 0:
+        y = K.fp8_weight_matmul(x2.to(torch.bfloat16), qw, bias, out, path=path)   # W8A16
     elif (w.element, w.scale_format, w.block) in (("e2m1", "e4m3", 16), ("e2m1", "e8m0", 32),
                                                   ("e4m3", "e8m0", 32), ("e5m2", "e8m0", 32)) \
             and (a is None or a.name == "nvfp4") and layer.in_features % w.block == 0:
