@@ -19,6 +19,8 @@ Policies (for inputs a format cannot hold):
 - "nonfinite" for a format with neither Inf nor NaN (FP6, FP4, INT) raises.
 - RTZ never rounds a finite value up to Inf/NaN: it gives +-max (IEEE 754's rule), so it never
   increases a magnitude.
+- Inputs are converted to float32 first; float64 is rounded to odd on the way (formats narrower
+  than FP32), so the result is the correct rounding of the float64 value itself.
 - E8M0 (unsigned, no zero): 0, -0 and positives below 2^-127 give code 0x00 (2^-127, the smallest
   scale, as torch does); negative values raise (ml_dtypes gives NaN). With no mantissa every
   significand is odd, so RNE ties (1.5 * 2^k) round up, as in ml_dtypes and torch. Between 2^-127
@@ -51,7 +53,7 @@ def encode(x, fmt, rounding: str = "rne", overflow: str | None = None, generator
     """
     f = get_format(fmt)
     overflow = _check_policy(f, rounding, overflow, generator, method)
-    t, is_numpy = _as_float32(x)
+    t, is_numpy = _as_float32(x, odd=f.bits < 32)
     _check_nan(t, f)
     rand = _random_bits(t, generator, is_numpy) if rounding == "stochastic" else None
     codes = _codecs_fast.encode(t, f, rounding, overflow) if method == "auto" and rand is None \
@@ -101,16 +103,41 @@ def _check_policy(f: Format, rounding, overflow, generator, method) -> str:
     return overflow
 
 
-def _as_float32(x) -> tuple[torch.Tensor, bool]:
-    """x as a float32 tensor (numpy arrays shared, not copied, when already float32)."""
+def _as_float32(x, odd: bool = False) -> tuple[torch.Tensor, bool]:
+    """x as a float32 tensor (numpy arrays shared, not copied, when already float32).
+
+    float64 input: with `odd`, rounded to odd (see `float64_to_float32_odd`), so that encoding
+    it into a format narrower than FP32 rounds the float64 value once, correctly; otherwise to
+    nearest. Complex, string and object input is refused rather than coerced."""
     if isinstance(x, torch.Tensor):
+        if x.dtype.is_complex:
+            raise TypeError(f"encode needs real numbers, got {x.dtype}: take x.real or x.abs()")
+        if x.dtype == torch.float64 and odd:
+            return float64_to_float32_odd(x), False
         return x.to(torch.float32), False
-    try:
-        a = np.asarray(x, dtype=np.float32, order="C")   # keeps 0-d arrays 0-d
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"encode needs numbers (a numpy array or a torch tensor), got "
-                        f"{type(x).__name__}: {e}") from None
-    return torch.from_numpy(_writeable(a)), True
+    a = np.asarray(x, order="C")                  # keeps 0-d arrays 0-d
+    if a.dtype.kind in "OUScMm":                  # objects, strings, complex, dates
+        raise TypeError(f"encode needs numbers (a numpy array or a torch tensor of real "
+                        f"numbers), got {type(x).__name__} of dtype {a.dtype}")
+    if a.dtype == np.float64 and odd:
+        return float64_to_float32_odd(torch.from_numpy(_writeable(a))), True
+    return torch.from_numpy(_writeable(a.astype(np.float32, copy=False))), True
+
+
+def float64_to_float32_odd(x: torch.Tensor) -> torch.Tensor:
+    """float64 -> float32 rounded to odd: toward zero, then the last bit set if any bits were
+    lost. A float32 with 24 significant bits rounded this way keeps enough of the float64 value
+    (the lost part only as a sticky bit) that rounding it again to any format of at most 22
+    significant bits, in any rounding mode, gives that format's correct rounding of the float64
+    value: no double-rounding error (Boldo and Melquiond, 2008). Finite values never become Inf
+    (beyond FLT_MAX they give FLT_MAX, whose last bit is set)."""
+    t = x.to(torch.float32)                                  # to nearest
+    bits = t.view(torch.int32)
+    back = t.double().abs() > x.abs()                        # rounded away from zero (Inf too)
+    bits = torch.where(back, bits - 1, bits)                 # one ulp toward zero: the magnitude
+    t = bits.view(torch.float32)                             # bits sit below the sign bit
+    inexact = (t.double() != x) & ~torch.isnan(x)
+    return torch.where(inexact, bits | 1, bits).view(torch.float32)
 
 
 def _writeable(a: np.ndarray) -> np.ndarray:
@@ -173,6 +200,13 @@ def _as_code_tensor(codes, f: Format) -> tuple[torch.Tensor, bool]:
     if f.bits < 8 and c.numel() and (int(c.min()) < 0 or int(c.max()) >= 2 ** f.bits):
         raise ValueError(f"{f.title} codes are {f.bits}-bit but some have higher bits set (or are "
                          f"negative): unpack packed bytes first (quantlib.unpack_nibbles)")
+    # wider integer dtypes than the code needs: values must fit the format's bits (as unsigned,
+    # or as the signed view encode returns for 16 and 32 bits)
+    if f.bits >= 8 and c.numel() and c.element_size() * 8 > f.bits and (
+            int(c.min()) < -2 ** (f.bits - 1) or int(c.max()) >= 2 ** f.bits):
+        raise ValueError(f"{f.title} codes are {f.bits}-bit, but some of these {c.dtype} codes "
+                         f"are outside [-2^{f.bits - 1}, 2^{f.bits}): pass the codes encode "
+                         f"returned")
     return c, is_numpy
 
 

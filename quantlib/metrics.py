@@ -15,7 +15,14 @@ from quantlib.table import Table
 def _pair(x, xq) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(xq, "dequantize"):
         xq = xq.dequantize()
-    x, xq = torch.as_tensor(x), torch.as_tensor(xq)
+    from quantlib.qtensor import QuantizedTensor
+    if isinstance(x, QuantizedTensor):
+        raise TypeError("the first argument is the original tensor and the second its "
+                        "approximation (a tensor or a QuantizedTensor): swap them")
+    try:
+        x, xq = torch.as_tensor(x), torch.as_tensor(xq)
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise TypeError(f"metrics take tensors or arrays of numbers: {e}") from None
     if x.shape != xq.shape:
         raise ValueError(f"shapes differ: original {tuple(x.shape)}, "
                          f"approximation {tuple(xq.shape)}")
@@ -26,6 +33,8 @@ def qsnr(x, xq) -> float:
     """Quantization signal-to-noise ratio in dB: 10 log10(sum x^2 / sum (x - xq)^2); inf if
     exact."""
     x, xq = _pair(x, xq)
+    if bool(torch.isnan(x).any() | torch.isnan(xq).any()):
+        return math.nan                 # undefined, not "infinitely bad": NaN in, NaN out
     noise = (x - xq).square().sum().item()
     signal = x.square().sum().item()
     if noise == 0:

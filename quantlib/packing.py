@@ -14,7 +14,10 @@ import torch
 def _as_uint8(codes, what: str) -> tuple[torch.Tensor, bool]:
     is_numpy = not isinstance(codes, torch.Tensor)
     if is_numpy:
-        a = np.asarray(codes)
+        a = np.ascontiguousarray(codes)               # negative strides: torch refuses them
+        if a.dtype != np.uint8:
+            raise TypeError(f"{what} needs uint8 codes (as quantlib.encode returns), got "
+                            f"{type(codes).__name__} of dtype {a.dtype}")
         c = torch.from_numpy(a if a.flags.writeable else a.copy())   # read-only: torch warns
     else:
         c = codes

@@ -17,11 +17,19 @@ import torch
 from quantlib.codecs import decode, encode
 from quantlib.packing import pack_6bit, pack_nibbles, unpack_6bit, unpack_nibbles
 from quantlib.recipes import Recipe, get_recipe, padded_last_dim
-from quantlib.scaling import (blocked, compute_scale, e8m0_values, mx_element, pad_to_blocks,
-                              scale_shape)
+from quantlib.scaling import (
+    FLT_MAX,
+    blocked,
+    compute_scale,
+    e8m0_values,
+    mx_element,
+    pad_to_blocks,
+    scale_shape,
+)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-           "float64": torch.float64}
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e4m3fn,
+    torch.float8_e5m2)}
 
 
 def _fixed_point(recipe) -> float:
@@ -87,7 +95,10 @@ class QuantizedTensor:
         return out[:, :shape[-1]].reshape(self.shape)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """x ~= decode(codes) * scale, in float32, then cast to `dtype`."""
+        """x ~= decode(codes) * scale, in float32, then cast to `dtype` (a floating torch dtype)."""
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dequantize(dtype) takes a floating torch dtype such as "
+                            f"torch.float32 or torch.bfloat16, got {dtype!r}")
         r = self.recipe
         if self.numel == 0:
             return torch.zeros(self.shape, dtype=dtype, device=self.device)
@@ -135,9 +146,9 @@ class QuantizedTensor:
         return 8 * self.nbytes / max(self.numel, 1)
 
     # ---- moving and saving ------------------------------------------------------------------
-    def to(self, device) -> "QuantizedTensor":
+    def to(self, device) -> QuantizedTensor:
         """The same quantized tensor on another device."""
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        mv = lambda t: None if t is None else t.to(device)
         return dataclasses.replace(self, codes=mv(self.codes), scales=mv(self.scales),
                                    tensor_scale=mv(self.tensor_scale),
                                    zero_point=mv(self.zero_point))
@@ -160,7 +171,7 @@ class QuantizedTensor:
         return sd
 
     @classmethod
-    def from_state_dict(cls, sd: dict) -> "QuantizedTensor":
+    def from_state_dict(cls, sd: dict) -> QuantizedTensor:
         rec = dict(sd["recipe"])
         if isinstance(rec.get("block"), list):
             rec["block"] = tuple(rec["block"])
@@ -186,6 +197,9 @@ def quantize(x: torch.Tensor, recipe) -> QuantizedTensor:
                         f"convert it first, e.g. x.float()")
     shape, dtype = x.shape, x.dtype
     xf = x.detach().to(torch.float32).reshape(tuple(shape) or (1,))
+    if x.dtype == torch.float64:       # finite values beyond FP32's range: its max, not Inf
+        xf = torch.where(torch.isinf(xf) & torch.isfinite(x.detach().reshape(xf.shape)),
+                         xf.sign() * FLT_MAX, xf)
     m = math.prod(xf.shape[:-1])                 # rows of the 2-D view
     xp = pad_to_blocks(xf, recipe)
     xb, dims = blocked(xp, recipe)

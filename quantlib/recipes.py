@@ -85,8 +85,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from quantlib.formats import get_format
 from quantlib.scaling import scale_shape
@@ -133,6 +133,9 @@ class Recipe:
                              f"'group' or 'block2d', not {self.granularity!r}")
         if not fmt.signed and not fmt.is_int:
             raise ValueError(f"element {fmt.title} is a scale format, not an element format")
+        if self.scale_format in ("e8m0", "e4m3") and fmt.bits > 8:
+            raise ValueError(f"{self.scale_format} block scales serve elements of at most 8 bits "
+                             f"(MX, NVFP4); {fmt.title} has {fmt.bits}: use fp32 scales")
         if self.asymmetric and self.scale_format != "fp32":
             raise ValueError(f"asymmetric {fmt.title} (zero point) uses fp32 scales, "
                              f"not {self.scale_format}")

@@ -58,6 +58,19 @@ def pad_to_blocks(x: torch.Tensor, recipe) -> torch.Tensor:
     return x
 
 
+def channel_axis(recipe, ndim: int) -> int:
+    """The recipe's channel axis for a tensor of `ndim` dimensions (negative axes count from the
+    end), or a clear error when it has no such axis or only one dimension."""
+    if ndim < 2:
+        raise ValueError(f"recipe {recipe.name!r} has one scale per channel along axis "
+                         f"{recipe.axis}: it needs a tensor of at least 2 dimensions, got {ndim}; "
+                         f"use a per-tensor recipe for a vector")
+    if not -ndim <= recipe.axis < ndim:
+        raise ValueError(f"recipe {recipe.name!r}: channel axis {recipe.axis} is out of range "
+                         f"for a tensor of {ndim} dimensions")
+    return recipe.axis % ndim
+
+
 def blocked(x: torch.Tensor, recipe) -> tuple[torch.Tensor, tuple[int, ...]]:
     """View of a padded x in which each scale's elements span `dims` (keepdim scales broadcast)."""
     g = recipe.granularity
@@ -66,8 +79,7 @@ def blocked(x: torch.Tensor, recipe) -> tuple[torch.Tensor, tuple[int, ...]]:
     if g == "row":
         return x, (x.dim() - 1,)
     if g == "channel":
-        a = recipe.axis % x.dim()
-        return x, tuple(d for d in range(x.dim()) if d != a)
+        return x, tuple(d for d in range(x.dim()) if d != channel_axis(recipe, x.dim()))
     if g == "group":
         return x.reshape(*x.shape[:-1], x.shape[-1] // recipe.block, recipe.block), (x.dim(),)
     bh, bw = recipe.block
@@ -84,7 +96,7 @@ def scale_shape(recipe, shape) -> tuple[int, ...]:
     if g == "row":
         return (*shape[:-1], 1)
     if g == "channel":
-        a = recipe.axis % len(shape)
+        a = channel_axis(recipe, len(shape))
         return tuple(n if d == a else 1 for d, n in enumerate(shape))
     bh, bw = _block_dims(recipe)
     k = -(-shape[-1] // bw)
@@ -207,7 +219,10 @@ def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float):
 def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float):
     """Asymmetric INT scale and zero point from a group's range [min(x, 0), max(x, 0)]."""
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
-    s = div(hi - lo, qmax)
+    span = hi - lo                     # beyond FLT_MAX for a range near both fp32 ends:
+    span = torch.where(torch.isinf(span) & torch.isfinite(lo) & torch.isfinite(hi),
+                       (hi.double() - lo.double()).clamp(max=FLT_MAX).float(), span)
+    s = div(span, qmax)
     s = torch.where(s == 0, torch.ones_like(s), s)
     r = torch.clamp(1.0 / s, max=FLT_MAX)
     z = torch.round(-lo * r).clamp(0, qmax)
