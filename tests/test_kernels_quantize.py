@@ -151,3 +151,24 @@ def test_triton_path_on_cpu_without_interpreter_is_refused(monkeypatch):
         K.fp8_quantize(torch.randn(4, 128), path="triton")
     # path="auto" falls back to the reference on the same call
     assert K.fp8_quantize(torch.randn(4, 128)).codes.shape == (4, 128)
+
+
+def test_malformed_and_unsupported_quantized_tensors():
+    """The kernels index codes and scales by the shape: a QuantizedTensor whose parts disagree
+    with it is refused, not read out of bounds; INT recipes fall back to the reference (auto)
+    or are refused (path='triton'); empty tensors give empty results."""
+    from quantlib import quantize
+    x = torch.randn(8, 64)
+    q = K.fp8_quantize(x, "fp8_e4m3_rowwise")
+    with pytest.raises(ValueError, match="malformed"):
+        K.fp8_dequantize(dataclasses.replace(q, scales=q.scales[:4]), path="triton")
+    n = K.nvfp4_quantize(x)
+    with pytest.raises(ValueError, match="tensor scale"):
+        K.nvfp4_dequantize(dataclasses.replace(n, tensor_scale=None), path="triton")
+    i = quantize(x, "int4_g32")
+    assert torch.equal(K.fp8_dequantize(i), i.dequantize())            # auto: the reference
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        K.fp8_dequantize(i, path="triton")
+    for shape in [(4, 0), (0, 64)]:
+        e = K.fp8_quantize(torch.randn(shape), "fp8_e4m3_rowwise", path="triton")
+        assert K.fp8_dequantize(e, path="triton").shape == shape

@@ -61,9 +61,14 @@ def _check_recipe(recipe, elements, scale_formats, what):
     return r
 
 
+_KERNEL_ELEMENTS = ("e4m3", "e5m2", "e2m1", "e2m3", "e3m2")
+
+
 def _kernel_ok(r) -> bool:
-    """Recipes the Triton kernels cover; the rest (channel axis, calibrators, odd blocks) run
-    the reference."""
+    """Recipes the Triton kernels cover; the rest (INT elements, channel axis, calibrators, odd
+    blocks) run the reference."""
+    if r.element not in _KERNEL_ELEMENTS or r.asymmetric or r.mx_int8:
+        return False
     if r.calibrator is not None or r.granularity == "channel":
         return False
     if r.granularity == "group":
@@ -76,7 +81,7 @@ def _kernel_ok(r) -> bool:
 
 def _run_quantize(x, r, path):
     _check_input(x)
-    if not (use_triton(x, path) and _kernel_ok(r)):
+    if not (use_triton(x, path) and _kernel_ok(r)) or x.numel() == 0:
         if path == "triton" and not _kernel_ok(r):
             raise ValueError(f"recipe {r.name!r} has no Triton kernel (channel axis, "
                              f"calibrator or block {r.block}): use path='auto'")
@@ -96,13 +101,37 @@ def _run_quantize(x, r, path):
                            shape=shape, dtype=x.dtype, tensor_scale=ts)
 
 
-def _run_dequantize(qt, dtype, path, what):
+def _check_qtensor(qt, what):
+    """A QuantizedTensor whose parts agree with its recipe and shape (the kernels index codes
+    and scales by the shape: a malformed one would be read out of bounds)."""
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"{what} takes a QuantizedTensor, got {type(qt).__name__}")
+    r, shape = qt.recipe, tuple(qt.shape)
+    kp = padded_last_dim(r, shape or (1,))
+    per_row = {4: -(-kp // 2), 6: 3 * -(-kp // 4)}.get(r.format.bits, kp)
+    want_codes = (*shape[:-1], per_row) if shape else None
+    want_scales = tuple(scale_shape(r, shape or (1,)))
+    bad = []
+    if want_codes is not None and tuple(qt.codes.shape) != want_codes:
+        bad.append(f"codes {tuple(qt.codes.shape)} (expected {want_codes})")
+    if tuple(qt.scales.shape) != want_scales:
+        bad.append(f"scales {tuple(qt.scales.shape)} (expected {want_scales})")
+    if r.scale_format == "e4m3" and qt.tensor_scale is None:
+        bad.append("no tensor scale (NVFP4-style recipes have one)")
+    if bad:
+        raise ValueError(f"{what}: this {r.name!r} QuantizedTensor of shape {shape} is "
+                         f"malformed: {'; '.join(bad)}")
+
+
+def _run_dequantize(qt, dtype, path, what):
+    _check_qtensor(qt, what)
     if dtype not in _FLOATS:
         raise TypeError(f"dtype {dtype}: use torch.float32, torch.bfloat16 or torch.float16")
     r = qt.recipe
-    if not (use_triton(qt.codes, path) and _kernel_ok(r)):
+    if not (use_triton(qt.codes, path) and _kernel_ok(r)) or qt.numel == 0:
+        if path == "triton" and not _kernel_ok(r):
+            raise ValueError(f"recipe {r.name!r} has no Triton kernel (INT elements, channel "
+                             f"axis, calibrator or block {r.block}): use path='auto'")
         return reference.dequantize_ref(qt, dtype)
     from quantlib.kernels import _quantize as kq
     shape = tuple(qt.shape) or (1,)

@@ -41,6 +41,9 @@ class ModelConfig:
         for f in ("hidden_size", "intermediate_size", "num_hidden_layers",
                   "num_attention_heads", "num_key_value_heads", "vocab_size"):
             _check_positive_int(f, getattr(self, f))
+        for f in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
+            if not isinstance(getattr(self, f), bool):
+                raise TypeError(f"{f} must be True or False, got {getattr(self, f)!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -131,7 +134,13 @@ def get_model_config(name: str) -> ModelConfig:
 
 
 def _as_config(config: ModelConfig | str) -> ModelConfig:
-    return get_model_config(config) if isinstance(config, str) else config
+    if isinstance(config, str):
+        return get_model_config(config)
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"expected a ModelConfig or a preset name, got {type(config).__name__}"
+                        f"; for a Hugging Face config.json dict use "
+                        f"ModelConfig.from_hf_config(d)")
+    return config
 
 
 def param_breakdown(config: ModelConfig | str) -> dict[str, int]:

@@ -26,6 +26,7 @@ class StorageFormat:
     element: str               # quantlib.formats name of the elements ("e2m1", "int4", ...)
     scale: str | None = None   # quantlib.formats name of the block scales
     block: int | None = None   # elements per scale
+    zero_point_bits: int = 0   # asymmetric INT: one zero point (uint8) per block too
 
     @property
     def element_bits(self) -> int:
@@ -33,7 +34,8 @@ class StorageFormat:
 
     @property
     def scale_bits(self) -> int:
-        return get_format(self.scale).bits if self.scale else 0
+        """Bits stored per block: the scale, plus the zero point of asymmetric formats."""
+        return (get_format(self.scale).bits if self.scale else 0) + self.zero_point_bits
 
     @property
     def bits_per_element(self) -> float:
@@ -60,7 +62,7 @@ def _from_recipe(name: str, recipe) -> StorageFormat:
     if r.granularity == "tensor":
         return StorageFormat(name, r.element)
     if r.granularity == "group":
-        return StorageFormat(name, r.element, scale, r.block)
+        return StorageFormat(name, r.element, scale, r.block, 8 if r.asymmetric else 0)
     if r.granularity == "block2d":
         return StorageFormat(name, r.element, scale, r.block[0] * r.block[1])
     raise ValueError(f"recipe {r.name!r} has one scale per {r.granularity}: its overhead depends "

@@ -87,6 +87,9 @@ def optimizer_state_bytes(n_params: int, optimizer: str = "adam", state_bytes: i
     """Adam keeps two states per parameter (m, v) in `state_bytes` each; 8-bit Adam 1 byte each
     plus an FP32 absmax per block of 2048; plain SGD none."""
     _check_choice("optimizer", optimizer, OPTIMIZERS)
+    if not isinstance(n_params, int) or n_params < 0 or state_bytes <= 0:
+        raise ValueError(f"n_params must be a count >= 0 and state_bytes > 0, got {n_params!r} "
+                         f"and {state_bytes!r}")
     if optimizer == "adam":
         return 2 * n_params * state_bytes
     if optimizer == "adam8bit":

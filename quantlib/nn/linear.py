@@ -170,10 +170,20 @@ class QuantLinear(nn.Module):
         q.in_features, q.out_features, q.config = linear.in_features, linear.out_features, cfg
         q._set_weight(qweight if qweight is not None else quantize(w, cfg.weight))
         q.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
+        if qweight is not None and (tuple(qweight.shape) != (linear.out_features,
+                                                              linear.in_features)
+                                    or qweight.recipe.name != cfg.weight.name):
+            raise ValueError(f"qweight is a {qweight.recipe.name!r} weight of shape "
+                             f"{tuple(qweight.shape)}; this layer needs a {cfg.weight.name!r} "
+                             f"weight of shape {(linear.out_features, linear.in_features)}")
         if act_amax is not None and cfg.activation is None:
             raise ValueError(f"config {cfg.name!r} quantizes no activations: drop act_amax")
         if act_amax is not None:
-            static_recipe(cfg.activation, torch.as_tensor(act_amax))   # validates the recipe
+            a = torch.as_tensor(act_amax, dtype=torch.float32)
+            if not bool(torch.isfinite(a).all() & (a > 0).all()):
+                raise ValueError(f"act_amax must be positive and finite, got {act_amax!r} (a "
+                                 f"calibration batch with NaN or Inf gives a NaN amax: clean it)")
+            static_recipe(cfg.activation, a)                           # validates the recipe
         q.register_buffer("act_amax", None if act_amax is None else
                           torch.as_tensor(act_amax, dtype=torch.float32, device=w.device).clone())
         q.register_buffer("smooth", None if smooth is None else smooth.clone())
@@ -196,9 +206,24 @@ class QuantLinear(nn.Module):
             return a
         return static_recipe(a, self.act_amax)
 
+    def get_extra_state(self) -> dict:
+        """Saved with the state dict: what the buffers mean. Codes and scales of another config
+        can have the same shapes and dtypes, so loading checks the recipes by name."""
+        a = self.config.activation
+        return {"weight": self.config.weight.name, "activation": a.name if a else None}
+
+    def set_extra_state(self, state) -> None:
+        mine = self.get_extra_state()
+        if state != mine:
+            raise ValueError(f"this checkpoint holds a QuantLinear quantized as {state}, this "
+                             f"layer is {mine}: quantize the model with the same config first")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"input has {x.shape[-1]} features, the layer {self.in_features}")
+        if not x.is_floating_point():
+            raise TypeError(f"QuantLinear takes floating-point input, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input of shape {tuple(x.shape)}: the layer takes (..., "
+                             f"{self.in_features})")
         path = kernel_path(x.device)
         if path not in ("reference", "interpreter"):     # the interpreter is for kernel tests
             y = _kernel_forward(self, x, path)

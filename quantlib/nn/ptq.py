@@ -36,8 +36,13 @@ from quantlib.table import Table
 
 def select_layers(model: nn.Module, skip=None) -> list[str]:
     """Names of the nn.Linear layers to quantize. `skip`: None, a name or glob pattern
-    ("pooler.*", "*lm_head"), a list of them, or a predicate (name, module) -> True to skip."""
-    layers = linear_layers(model)
+    ("pooler.*", "*lm_head"), a list of them, or a predicate (name, module) -> True to skip.
+    A pattern that matches no linear layer is an error (a typo would otherwise quantize the
+    layer it meant to keep). The output projection of nn.MultiheadAttention is never swapped:
+    that module reads its weight directly, so it stays in full precision; the linear layers of
+    nn.TransformerEncoderLayer / DecoderLayer (which do the same) are refused with the reason."""
+    layers = {n: m for n, m in linear_layers(model).items()
+              if not isinstance(m, nn.modules.linear.NonDynamicallyQuantizableLinear)}
     if not layers:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers: quantize_model swaps "
                          f"nn.Linear modules (convolutions, custom layers are left alone)")
@@ -46,15 +51,44 @@ def select_layers(model: nn.Module, skip=None) -> list[str]:
     elif callable(skip):
         keep = [n for n, m in layers.items() if not skip(n, m)]
     else:
-        pats = [skip] if isinstance(skip, str) else list(skip)
+        pats = [skip] if isinstance(skip, str) else skip
+        if not isinstance(pats, (list, tuple, set)) or not all(isinstance(p, str) for p in pats):
+            raise TypeError(f"skip must be a name or glob pattern, a list of them, or a "
+                            f"predicate (name, module) -> bool; got {skip!r}")
+        unmatched = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in layers)]
+        if unmatched:
+            raise ValueError(f"skip patterns {unmatched} match no linear layer; the layers are "
+                             f"{list(layers)[:8]}{' ...' if len(layers) > 8 else ''}")
         keep = [n for n in layers if not any(fnmatch.fnmatchcase(n, p) for p in pats)]
     if not keep:
         raise ValueError(f"skip={skip!r} skips all {len(layers)} linear layers: nothing to quantize")
+    fused = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    direct = [n for n in keep if isinstance(model.get_submodule(n.rpartition(".")[0]), fused)]
+    if direct:
+        raise ValueError(f"{direct} belong to torch.nn.Transformer*Layer modules, whose forward "
+                         f"reads their weights directly (PyTorch's fused path), so a swapped "
+                         f"layer would break them: skip them, or build the blocks from modules "
+                         f"that call their nn.Linear layers")
     return keep
 
 
 def _calibrator(c, recipe):
     return calibrator_by_name(c, recipe) if isinstance(c, str) else c
+
+
+def calibration_batches(calibration) -> list | None:
+    """Calibration data as a list of batches: a tensor or a dict of keyword arguments is one
+    batch; a list, tuple or generator is consumed once. No batches at all is an error (static
+    scales would silently fall back to dynamic ones)."""
+    if calibration is None:
+        return None
+    if isinstance(calibration, torch.Tensor) or hasattr(calibration, "keys"):
+        return [calibration]
+    batches = list(calibration)
+    if not batches:
+        raise ValueError("calibration has no batches: pass a list of input batches (tensors, "
+                         "tuples or dicts of keyword arguments), or None")
+    return batches
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -86,6 +120,13 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     cfg = get_config(config)
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method {method!r}: use 'rtn' (round to nearest) or 'gptq'")
+    if isinstance(rotate, bool) or not isinstance(rotate, int) or rotate < 0 or (
+            rotate & (rotate - 1)):
+        raise ValueError(f"rotate={rotate!r}: use 0 (no rotation) or a power of two, the size "
+                         f"of the Hadamard blocks (16, 64, 128, ...)")
+    if not (isinstance(smooth_alpha, (int, float)) and 0.0 <= smooth_alpha <= 1.0):
+        raise ValueError(f"smooth_alpha={smooth_alpha!r}: SmoothQuant's migration strength is "
+                         f"a number in [0, 1]")
     if method == "gptq" and calibration is None:
         raise ValueError("GPTQ needs calibration batches (a few hundred tokens of typical input)")
     if smooth not in (None, *SMOOTHING):
@@ -93,8 +134,8 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     if smooth is not None and calibration is None:
         raise ValueError(f"smooth={smooth!r} needs calibration batches: its factors come from "
                          f"the activations each layer sees")
-    H = random_hadamard_matrix(rotate) if rotate else None    # ValueError unless a power of 2
-    calibration = list(calibration) if calibration is not None else None
+    H = random_hadamard_matrix(rotate) if rotate else None
+    calibration = calibration_batches(calibration)
     model = model if inplace else copy.deepcopy(model)
     names = select_layers(model, skip)
     layers = linear_layers(model)
@@ -198,13 +239,21 @@ def compare_ptq(model: nn.Module, variants: Iterable, evaluate: Callable[[nn.Mod
     table = None
     rows = [("fp32", None, {})] if fp32_row else []
     for v in variants:
+        if isinstance(v, tuple) and (len(v) != 3 or not isinstance(v[2], dict)):
+            raise ValueError(f"a variant is a config or a tuple (label, config, options dict), "
+                             f"got {v!r}")
         rows.append(v if isinstance(v, tuple) else (get_config(v).name, v, {}))
+    if "calibration" in common:               # a generator would be used up by the first row
+        common["calibration"] = calibration_batches(common["calibration"])
     for label, config, opts in rows:
         m = model if config is None else quantize_model(model, config, **{**common, **opts})
         bits = "W32A32" if config is None else get_config(config).bits
         size = size_by_component(m)
         lin = size["linear weights"] + size["scales"]
         metrics = evaluate(m)
+        if not isinstance(metrics, dict):
+            raise TypeError(f"evaluate(model) must return a dict {{metric name: value}}, got "
+                            f"{type(metrics).__name__}")
         if table is None:
             table = Table(["variant", "bits", "linear bytes", "bits/weight", "size / FP32",
                            *metrics], title=title, digits=4)

@@ -186,10 +186,11 @@ def prepare_qat(model: nn.Module, config, skip=None, calibration=None, act_calib
 
     `calibration` (batches) gives per-tensor activation recipes a static amax (and LSQ its
     starting point); `skip` as in `quantize_model`. Returns the model (a copy unless inplace)."""
-    from quantlib.nn.ptq import select_layers
+    from quantlib.nn.ptq import calibration_batches, select_layers
     cfg = get_config(config)
     model = model if inplace else copy.deepcopy(model)
     names = select_layers(model, skip)
+    calibration = calibration_batches(calibration)
     amax = {}
     if supports_static(cfg.activation) and calibration is not None:
         amax = calibrate_activations(model, calibration, act_calibrator, names)

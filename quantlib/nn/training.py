@@ -72,6 +72,13 @@ class FP8Linear(nn.Linear):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"FP8Linear takes floating-point input, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input of shape {tuple(x.shape)}: the layer takes (..., "
+                             f"{self.in_features})")
+        if x.numel() == 0:               # no tokens: nothing to scale or quantize
+            return x.new_zeros(*x.shape[:-1], self.out_features)
         return _LowPrecisionLinear.apply(x, self.weight, self.bias, self)
 
     def extra_repr(self) -> str:
