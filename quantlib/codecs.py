@@ -190,6 +190,8 @@ def _as_code_tensor(codes, f: Format) -> tuple[torch.Tensor, bool]:
         is_numpy, a = True, np.asarray(codes, order="C")
         if a.dtype.kind not in "iu":
             raise TypeError(f"decode needs integer codes (as encode returns), got {a.dtype}")
+        if not a.dtype.isnative:                  # big-endian codes: torch takes native order
+            a = a.astype(a.dtype.newbyteorder("="))
         if a.dtype in (np.uint16, np.uint32):
             a = a.view({np.dtype(np.uint16): np.int16, np.dtype(np.uint32): np.int32}[a.dtype])
         c = torch.from_numpy(_writeable(a))

@@ -118,7 +118,22 @@ def group_amax(xb: torch.Tensor, dims, calibrator=None) -> torch.Tensor:
         return xb.abs().amax(dims, keepdim=True)
     kept = [d for d in range(xb.dim()) if d not in dims]
     rows = xb.permute(*kept, *dims).reshape(-1, math.prod(xb.shape[d] for d in dims))
-    return calibrator(rows, -1).to(torch.float32).reshape(keep)
+    return checked_amax(calibrator(rows, -1), rows.shape[0]).reshape(keep)
+
+
+def checked_amax(amax, n: int) -> torch.Tensor:
+    """A calibrator's answer for n groups: n non-negative amaxes (NaN allowed: a group with NaN
+    is a bad group), as float32; anything else is a clear error."""
+    if not isinstance(amax, torch.Tensor):
+        raise TypeError(f"a calibrator must return a tensor of amaxes, got "
+                        f"{type(amax).__name__}")
+    if amax.numel() != n:
+        raise ValueError(f"the calibrator returned {amax.numel()} amaxes for {n} groups: it is "
+                         f"called as calibrator(rows, -1) and must reduce each row to one value")
+    amax = amax.to(torch.float32).reshape(n)
+    if bool((amax < 0).any()):
+        raise ValueError("the calibrator returned a negative amax: amaxes are magnitudes")
+    return amax
 
 
 # ---- exact powers of two ------------------------------------------------------------------------
@@ -279,7 +294,7 @@ def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
         elif recipe.calibrator is None:
             amax_t = amax.amax()
         else:
-            amax_t = recipe.calibrator(rows, -1).to(torch.float32).reshape(())
+            amax_t = checked_amax(recipe.calibrator(rows, -1), 1).reshape(())
         code_b, s_t, t_b, r = nvfp4_scale(amax, amax_t, qmax)
         bad = bad | ~torch.isfinite(amax_t)
         out.update(scales=code_b, tensor_scale=s_t, s=t_b, r=r)

@@ -104,3 +104,18 @@ def test_packing_takes_any_numpy_layout():
     with pytest.raises(TypeError, match="uint8"):
         pack_nibbles([1, 2])
     assert get_recipe("nvfp4").format.bits == 4
+
+
+def test_calibrator_answers_are_checked():
+    import dataclasses
+    base = get_recipe("int8_rowwise")
+    x = torch.randn(4, 8)
+    for cal, err in [(lambda rows, d: rows.abs().amax(), ValueError),       # one for all rows
+                     (lambda rows, d: [1.0] * rows.shape[0], TypeError),
+                     (lambda rows, d: -rows.abs().amax(d), ValueError)]:
+        with pytest.raises(err, match="calibrator|amax"):
+            quantize(x, dataclasses.replace(base, calibrator=cal))
+
+
+def test_big_endian_codes_decode():
+    assert float(decode(np.array([0x3C00], dtype=">u2"), "fp16")[0]) == 1.0
