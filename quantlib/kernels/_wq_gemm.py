@@ -1,7 +1,8 @@
 """Triton weight-only GEMM, Y = X @ dequant(W)^T: BF16 activations X (M, K) times a weight W
 (N, K) stored as NVFP4 (packed E2M1 + E4M3 block scales + FP32 tensor scale), MXFP4 or MXFP8
-(E8M0 block scales). This is the W4A16 product of Hopper and Ampere, which have no FP4 tensor
-cores: the weight is read in 4.5 bits per value and dequantized in registers.
+(E8M0 block scales), or FP8 with one FP32 scale per row or tensor (W8A16). This is the W4A16
+product of Hopper and Ampere, which have no FP4 tensor cores: an NVFP4 weight is read in 4.5
+bits per value and dequantized in registers.
 
 Two kernels, one result (FP32 accumulation of exact products): `wq_mm_kernel` on the BF16
 tensor cores for prefill-sized M (for MX weights on sm_90+ also through Triton's
