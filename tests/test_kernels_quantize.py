@@ -172,3 +172,16 @@ def test_malformed_and_unsupported_quantized_tensors():
     for shape in [(4, 0), (0, 64)]:
         e = K.fp8_quantize(torch.randn(shape), "fp8_e4m3_rowwise", path="triton")
         assert K.fp8_dequantize(e, path="triton").shape == shape
+
+
+def test_amax_kernel_over_several_chunks_per_program():
+    """The tensor-amax pass of per-tensor and NVFP4 recipes: each program reduces several
+    BLOCKs (large tensors), the last one partial; the result is max |x| as int bits."""
+    if DEV == "cuda":
+        pytest.skip("interpreter-sized launch; gpu_check covers the GPU")
+    from quantlib.kernels import _quantize as kq
+    x = torch.randn(3, 7000)
+    x[2, 6999] = -55.0                                    # in the last, partial chunk
+    amax = torch.zeros(1, dtype=torch.int32)
+    kq.amax_kernel[(2,)](x, amax, x.numel(), BF16=False, BLOCK=1024, CHUNKS=11)
+    assert amax.view(torch.float32).item() == 55.0

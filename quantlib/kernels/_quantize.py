@@ -120,11 +120,25 @@ def group_scale(amax_bits, ts, QMAX: tl.constexpr, SCALE: tl.constexpr, RULE: tl
 
 
 @triton.jit
-def amax_kernel(x_ptr, amax_ptr, n, BF16: tl.constexpr, BLOCK: tl.constexpr):
-    """Tensor amax as int bits: each program reduces BLOCK elements, then one atomic max."""
-    off = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    x = to_f32(tl.load(x_ptr + off, mask=off < n, other=0.0), BF16)
-    tl.atomic_max(amax_ptr, tl.max(abs_bits(x), axis=0))
+def amax_kernel(x_ptr, amax_ptr, n, BF16: tl.constexpr, BLOCK: tl.constexpr,
+                CHUNKS: tl.constexpr):
+    """Tensor amax as int bits: each program reduces CHUNKS x BLOCK elements, then one atomic
+    max (fewer programs hitting the one address than one per BLOCK)."""
+    base = tl.program_id(0).to(tl.int64) * (CHUNKS * BLOCK)
+    m = tl.zeros((BLOCK,), dtype=tl.int32)
+    for i in range(CHUNKS):
+        off = base + i * BLOCK + tl.arange(0, BLOCK)
+        m = tl.maximum(m, abs_bits(to_f32(tl.load(x_ptr + off, mask=off < n, other=0.0), BF16)))
+    tl.atomic_max(amax_ptr, tl.max(m, axis=0))
+
+
+def launch_amax(x, amax, bf16: bool) -> None:
+    """amax_kernel over x, with enough elements per program that large tensors (>= 16M
+    elements) issue a few thousand atomics, not one per 4096 elements."""
+    n, BLOCK = x.numel(), 4096
+    chunks = 8 if n >= 2**24 else 1
+    amax_kernel[(triton.cdiv(n, BLOCK * chunks),)](x, amax, n, BF16=bf16, BLOCK=BLOCK,
+                                                   CHUNKS=chunks)
 
 
 @triton.jit
@@ -295,7 +309,7 @@ def quantize(x, recipe, hw=None):
         BLOCK = 4096
         grid = (triton.cdiv(x.numel(), BLOCK),)
         if x.numel():
-            amax_kernel[grid](x, amax, x.numel(), BF16=bf16, BLOCK=BLOCK)
+            launch_amax(x, amax, bf16)
             quantize_tensor_kernel[grid](x, q, s, amax, x.numel(), BLOCK=BLOCK,
                                          BF16=bf16, INTERPRET=interp, **meta)
         else:
@@ -332,8 +346,7 @@ def quantize(x, recipe, hw=None):
         amax = torch.zeros(1, dtype=torch.int32, device=dev)
         ts = torch.empty((), dtype=torch.float32, device=dev)
         if x.numel():
-            amax_kernel[(triton.cdiv(x.numel(), 4096),)](x, amax, x.numel(), BF16=bf16,
-                                                              BLOCK=4096)
+            launch_amax(x, amax, bf16)
         tensor_scale_kernel[(1,)](amax, ts, QMAX=meta["QMAX"], INTERPRET=interp)
         tsb = ts
     if R and K:
