@@ -237,6 +237,17 @@ def bench_output_error(y, a64, b64):
     return float(((y.double() - ref).abs() / bound).max())
 
 
+def gemm_verdict(y, yb, a64, b64, bias, Kd):
+    """(pass, detail) of a GEMM check: the FP32 output y within the FP32-accumulation bound of
+    float64 a64 @ b64^T + bias, and the BF16 output yb within 1 ulp of y rounded once."""
+    ref = a64 @ b64.T + bias.double()
+    bound = gemm_tolerance(a64, b64, ref, Kd) + 2.0 ** -23 * bias.double().abs()
+    ratio = float(((y.double() - ref).abs() / bound).max())
+    ulps = bf16_ulps(yb, y)
+    return ratio <= 1.0 and ulps <= 1, (f"max err / fp32 bound = {ratio:.3g}, bf16 output "
+                                        f"{ulps} ulp from RNE(fp32 output)")
+
+
 def check_fp8_mm(K, rec_a, rec_b, M, N, Kd, native=None):
     def fn():
         from quantlib.kernels import _gemm
@@ -245,7 +256,6 @@ def check_fp8_mm(K, rec_a, rec_b, M, N, Kd, native=None):
         b = K.fp8_quantize(torch.randn(N, Kd, device=DEV, generator=g), rec_b)
         bias = torch.randn(N, device=DEV, generator=g)
         a64, b64 = a.dequantize().double(), b.dequantize().double()
-        ref = a64 @ b64.T + bias.double()
         sa, ra, bwa = K._mm_scales(a, "a")
         sb, rb, bwb = K._mm_scales(b, "b")
 
@@ -253,13 +263,7 @@ def check_fp8_mm(K, rec_a, rec_b, M, N, Kd, native=None):
             return _gemm.fp8_mm(a.codes, b.codes, sa.contiguous(), sb.contiguous(),
                                 a.recipe.element, b.recipe.element, ra, rb, bwa or bwb,
                                 bias=bias, out_dtype=out, native=native)
-        c, cb = run(torch.float32), run(torch.bfloat16)
-        err = (c.double() - ref).abs()
-        bound = gemm_tolerance(a64, b64, ref, Kd) + 2.0 ** -23 * bias.double().abs()
-        ratio = float((err / bound).max())
-        ulps = bf16_ulps(cb, c)
-        return ratio <= 1.0 and ulps <= 1, (f"max err / fp32 bound = {ratio:.3g}, bf16 output "
-                                            f"{ulps} ulp from RNE(fp32 output)")
+        return gemm_verdict(run(torch.float32), run(torch.bfloat16), a64, b64, bias, Kd)
     return fn
 
 
@@ -271,19 +275,13 @@ def check_w4a16(K, recipe, M, N, Kd, fast=None, config=None):
             torch.randn(N, Kd, device=DEV, generator=g), recipe)
         x = torch.randn(M, Kd, device=DEV, generator=g).to(torch.bfloat16)
         bias = torch.randn(N, device=DEV, generator=g)
-        w64, x64 = wq.dequantize().double(), x.double()
-        ref = x64 @ w64.T + bias.double()
         kind = "nvfp4" if recipe == "nvfp4" else recipe
 
         def run(out):      # fast=None: the default decoder; True/False force the PTX/fp32 one
             return _wq_gemm.wq_mm(x, wq.codes, wq.scales, wq.tensor_scale, kind, bias=bias,
                                   out_dtype=out, fast=fast, config=config)
-        y, yb = run(torch.float32), run(torch.bfloat16)
-        bound = gemm_tolerance(x64, w64, ref, Kd) + 2.0 ** -23 * bias.double().abs()
-        ratio = float(((y.double() - ref).abs() / bound).max())
-        ulps = bf16_ulps(yb, y)
-        return ratio <= 1.0 and ulps <= 1, (f"max err / fp32 bound = {ratio:.3g}, bf16 output "
-                                            f"{ulps} ulp from RNE(fp32 output)")
+        return gemm_verdict(run(torch.float32), run(torch.bfloat16), x.double(),
+                            wq.dequantize().double(), bias, Kd)
     return fn
 
 
@@ -295,15 +293,9 @@ def check_fp8_weight(K, recipe, M, N, Kd):
         w = K.fp8_quantize(torch.randn(N, Kd, device=DEV, generator=g), recipe)
         x = torch.randn(M, Kd, device=DEV, generator=g).to(torch.bfloat16)
         bias = torch.randn(N, device=DEV, generator=g)
-        w64, x64 = w.dequantize().double(), x.double()
-        ref = x64 @ w64.T + bias.double()
         y = K.fp8_weight_matmul(x, w, bias, torch.float32, path="triton")
         yb = K.fp8_weight_matmul(x, w, bias, torch.bfloat16, path="triton")
-        bound = gemm_tolerance(x64, w64, ref, Kd) + 2.0 ** -23 * bias.double().abs()
-        ratio = float(((y.double() - ref).abs() / bound).max())
-        ulps = bf16_ulps(yb, y)
-        return ratio <= 1.0 and ulps <= 1, (f"max err / fp32 bound = {ratio:.3g}, bf16 output "
-                                            f"{ulps} ulp from RNE(fp32 output)")
+        return gemm_verdict(y, yb, x.double(), w.dequantize().double(), bias, Kd)
     return fn
 
 
