@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -31,6 +32,7 @@ import torch
 # stop starting new benchmarks after this many seconds (the run must fit 6 minutes)
 BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "330"))
 OUT_PATH = None         # gpu_check.json, rewritten after every check and benchmark
+ONLY = None             # --only REGEX
 META = {}
 T0 = time.time()
 DEV = "cuda"            # "cpu" with --dry-run (TRITON_INTERPRET=1, tiny sizes)
@@ -49,8 +51,15 @@ def log(msg):
     print(f"[{time.time() - T0:6.1f}s] {msg}", flush=True)
 
 
+def selected(name):
+    """--only: run just the checks and benchmarks whose names match (a rerun after a fix)."""
+    return ONLY is None or re.search(ONLY, name) is not None
+
+
 def run_check(name, fn):
     """Run one check; record pass/fail and the detail; never let one failure stop the rest."""
+    if not selected(name):
+        return
     try:
         ok, detail = fn()
     except Exception as e:  # noqa: BLE001 (report every failure, keep going)
@@ -118,6 +127,8 @@ def dump():
 
 
 def run_bench(name, fn):
+    if not selected(name):
+        return
     if time.time() - T0 > BUDGET_S:
         BENCHES.append({"bench": name, "skipped": "time budget"})
         log(f"bench {name}: skipped (time budget)")
@@ -461,8 +472,11 @@ def main():
     ap.add_argument("--skip-checks", action="store_true", help="benchmarks only")
     ap.add_argument("--dry-run", action="store_true",
                     help="no GPU: run every step on the CPU interpreter at tiny sizes")
+    ap.add_argument("--only", metavar="REGEX",
+                    help="run only the checks and benchmarks whose names match REGEX")
     args = ap.parse_args()
-    global DEV, SZ
+    global DEV, SZ, ONLY
+    ONLY = args.only
     if args.dry_run:
         DEV, SZ = "cpu", 16
         os.environ["TRITON_INTERPRET"] = "1"

@@ -19,7 +19,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantlib import decode, encode, get_format, round_to_format
 from quantlib.codecs import _decode_explicit, _encode_explicit

@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from quantlib import FORMATS, get_format
-from quantlib.explain import (ANATOMY_FORMATS, code_grid, compare_casts, fields, range_report,
-                              rounding_table, special_values, split_code, take_apart)
+from quantlib.explain import (
+    ANATOMY_FORMATS,
+    code_grid,
+    compare_casts,
+    fields,
+    range_report,
+    rounding_table,
+    special_values,
+    split_code,
+    take_apart,
+)
 
 
 def ml_round(x, fmt):

@@ -158,7 +158,7 @@ def test_malformed_and_unsupported_quantized_tensors():
     with it is refused, not read out of bounds; INT recipes fall back to the reference (auto)
     or are refused (path='triton'); empty tensors give empty results."""
     from quantlib import quantize
-    x = torch.randn(8, 64)
+    x = torch.randn(8, 64, device=DEV)
     q = K.fp8_quantize(x, "fp8_e4m3_rowwise")
     with pytest.raises(ValueError, match="malformed"):
         K.fp8_dequantize(dataclasses.replace(q, scales=q.scales[:4]), path="triton")
@@ -170,7 +170,7 @@ def test_malformed_and_unsupported_quantized_tensors():
     with pytest.raises(ValueError, match="no Triton kernel"):
         K.fp8_dequantize(i, path="triton")
     for shape in [(4, 0), (0, 64)]:
-        e = K.fp8_quantize(torch.randn(shape), "fp8_e4m3_rowwise", path="triton")
+        e = K.fp8_quantize(torch.randn(shape, device=DEV), "fp8_e4m3_rowwise", path="triton")
         assert K.fp8_dequantize(e, path="triton").shape == shape
 
 

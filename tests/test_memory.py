@@ -5,14 +5,30 @@ import math
 import pytest
 import torch
 
+from quantlib.memory import (
+    PRESETS,
+    STORAGE_FORMATS,
+    ModelConfig,
+    activation_memory,
+    bits_per_element,
+    build_model,
+    bytes_per_parameter,
+    format_bytes,
+    get_model_config,
+    inference_memory,
+    inference_table,
+    kv_cache_memory,
+    layer_activation_memory,
+    linear_param_count,
+    param_count,
+    saved_tensors,
+    sharding_table,
+    storage_format,
+    strategy_table,
+    to_unit,
+    training_memory,
+)
 from quantlib.recipes import get_recipe
-
-from quantlib.memory import (PRESETS, STORAGE_FORMATS, ModelConfig, activation_memory,
-                             bits_per_element, build_model, bytes_per_parameter, format_bytes,
-                             get_model_config, inference_memory, inference_table, kv_cache_memory,
-                             layer_activation_memory, linear_param_count, param_count,
-                             saved_tensors, sharding_table, storage_format, strategy_table,
-                             to_unit, training_memory)
 
 # Totals published on each model card / safetensors index (independent of our formula).
 PUBLISHED = {
@@ -26,8 +42,8 @@ PUBLISHED = {
     "TinyLlama-1.1B": 1_100_048_384,
 }
 
-TINY = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=100)
+TINY = {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 100}
 
 
 class TestParamCount:
@@ -199,7 +215,7 @@ class TestTraining:
         assert full > 10 * rec
 
     def test_strategies_order(self):
-        kw = dict(batch_size=1, seq_len=2048, fmt="MXFP8")
+        kw = {"batch_size": 1, "seq_len": 2048, "fmt": "MXFP8"}
         ptq, qat, qt = (training_memory("Llama-2-7B", s, **kw) for s in ("ptq", "qat", "qt"))
         assert qat.total > qt.total > ptq.total
         assert qat.weight_copies == 3 * linear_param_count("Llama-2-7B")  # BF16 copy + mask
@@ -287,6 +303,7 @@ def test_strategy_figure_draws_the_computed_totals():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from quantlib.memory.plots import plot_sharding, plot_strategies
 
     fig = plot_strategies("Llama-3-8B", batch_size=1, seq_len=1024, fmt="MXFP8")

@@ -3,12 +3,18 @@ against FSDP2's per-rank shards on two gloo ranks."""
 import pytest
 import torch
 
-from quantlib.memory import (ModelConfig, build_model, measure_training_step, param_count,
-                             storage_bytes, training_memory)
+from quantlib.memory import (
+    ModelConfig,
+    build_model,
+    measure_training_step,
+    param_count,
+    storage_bytes,
+    training_memory,
+)
 from quantlib.memory.fsdp import measure_fsdp
 
-TINY = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=128)
+TINY = {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 128}
 
 
 def measure(cfg, dtype, recompute, batch=2, seq=32):

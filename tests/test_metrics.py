@@ -49,6 +49,7 @@ def test_qsnr_table_grid():
 
 def test_clipped_fraction_floor_clips_rceil_does_not():
     import dataclasses
+
     from quantlib.metrics import clipped_fraction, error_table
     from quantlib.recipes import get_recipe
     x = torch.full((1, 32), 0.1)

@@ -284,7 +284,7 @@ def test_pow2_scales_never_saturate():
 
 
 def test_calibrator_through_quantize_clips():
-    half = lambda rows, dim: rows.abs().amax(dim) / 2          # noqa: E731
+    half = lambda rows, dim: rows.abs().amax(dim) / 2
     x = torch.randn(4, 128, generator=torch.Generator().manual_seed(7))
     r = dataclasses.replace(get_recipe("int8_rowwise"), calibrator=half)
     q = quantize(x, r)

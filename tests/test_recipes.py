@@ -49,18 +49,18 @@ def test_unknown_name_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(element="e9m9"), "unknown format"),
-    (dict(granularity="column"), "granularity"),
-    (dict(granularity="group", block=None), "positive int"),
-    (dict(granularity="block2d", block=128), r"\(rows, cols\)"),
-    (dict(scale_format="e8m0"), "block scales"),
-    (dict(scale_format="fp16"), "scale_format"),
-    (dict(granularity="group", block=32, scale_rule="up"), "scale_rule"),
-    (dict(element="uint4", granularity="group", block=32, scale_format="e8m0"), "zero point"),
-    (dict(element="e8m0"), "scale format"),
+    ({"element": "e9m9"}, "unknown format"),
+    ({"granularity": "column"}, "granularity"),
+    ({"granularity": "group", "block": None}, "positive int"),
+    ({"granularity": "block2d", "block": 128}, r"\(rows, cols\)"),
+    ({"scale_format": "e8m0"}, "block scales"),
+    ({"scale_format": "fp16"}, "scale_format"),
+    ({"granularity": "group", "block": 32, "scale_rule": "up"}, "scale_rule"),
+    ({"element": "uint4", "granularity": "group", "block": 32, "scale_format": "e8m0"}, "zero point"),
+    ({"element": "e8m0"}, "scale format"),
 ])
 def test_invalid_recipes_raise(kwargs, match):
-    args = dict(name="bad", element="e4m3") | kwargs
+    args = {"name": "bad", "element": "e4m3"} | kwargs
     with pytest.raises(ValueError, match=match):
         Recipe(**args)
 

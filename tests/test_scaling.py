@@ -8,9 +8,20 @@ import torch
 
 from quantlib.codecs import decode
 from quantlib.recipes import Recipe, get_recipe
-from quantlib.scaling import (blocked, ceil_log2, e8m0_scale, e8m0_values, exp2i, fp32_scale,
-                              group_amax, max_calibrator, nvfp4_scale, pad_to_blocks,
-                              pow2_scale, scale_shape)
+from quantlib.scaling import (
+    blocked,
+    ceil_log2,
+    e8m0_scale,
+    e8m0_values,
+    exp2i,
+    fp32_scale,
+    group_amax,
+    max_calibrator,
+    nvfp4_scale,
+    pad_to_blocks,
+    pow2_scale,
+    scale_shape,
+)
 
 ELEMENTS = {"e4m3": (448.0, 8, 3), "e5m2": (57344.0, 15, 2), "e2m3": (7.5, 2, 3),
             "e3m2": (28.0, 4, 2), "e2m1": (6.0, 2, 1), "int8": (127 / 64, 0, 6)}
@@ -128,7 +139,7 @@ def test_nvfp4_scale_reproduces_block_amax():
 
 
 def test_nvfp4_scale_zero_tensor_guard():
-    code_b, s_t, t_b, r = nvfp4_scale(torch.zeros(4), torch.tensor(0.0), 6.0)
+    code_b, s_t, _t_b, r = nvfp4_scale(torch.zeros(4), torch.tensor(0.0), 6.0)
     assert s_t.item() == 1.0 and code_b.tolist() == [0] * 4
     assert torch.all(r == torch.finfo(torch.float32).max)  # no lower clamp: 1/0 capped
 

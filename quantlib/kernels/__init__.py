@@ -321,7 +321,10 @@ def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
 def nvfp4_matmul(x: torch.Tensor, w: QuantizedTensor, bias: torch.Tensor | None = None,
                  out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
     """x @ dequantize(w)^T for an NVFP4 weight w (N, K) and BF16 activations x (..., K): the
-    W4A16 GEMM; the packed weight is dequantized in registers, FP32 accumulation."""
+    W4A16 GEMM; the packed weight is dequantized in registers, FP32 accumulation. On a GPU, for
+    M >= 512 rows the autotuner may instead dequantize w to BF16 once and multiply on cuBLAS
+    (same numbers; a transient N x K BF16 buffer): set
+    `quantlib.kernels._wq_gemm.DEQUANT_MIN_M` higher to rule that out."""
     kinds = {"nvfp4": lambda r: (r.element, r.scale_format, r.block) == ("e2m1", "e4m3", 16)}
     return _weight_mm(x, w, bias, out_dtype, path, kinds, "nvfp4_matmul")
 

@@ -118,6 +118,16 @@ def fp8_mm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
 
 
 # ---- launchers (host side) -------------------------------------------------------------------
+# The FP8 tensor cores of sm_89/sm_90 do not accumulate in full FP32: inside one MMA chain the
+# accumulator keeps about 13 mantissa bits (FP22, SageAttention2's measurement on Ada and Hopper;
+# DeepSeek-V3 reports ~14 bits on H800). The kernel promotes each chain of BK = 128 products to
+# the FP32 accumulator, so its error is FP32 accumulation's plus at most this much of
+# sum_k |a_k b_k| for the chains. The H100 measured 2^-13.7 at K = 256 (cuBLAS's
+# `torch._scaled_mm` the same); 2^-10 leaves a margin and still catches any wrong scale or
+# dropped chunk (errors of order 1). The BF16 paths (sm_80, interpreter) need no such term.
+FP8_MMA_REL_ERR = 2.0 ** -10
+
+
 def _native_fp8(t) -> bool:
     import torch
     return t.is_cuda and torch.cuda.get_device_capability(t.device) >= (8, 9)

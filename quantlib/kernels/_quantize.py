@@ -246,10 +246,13 @@ def quantize_rows_kernel(x_ptr, q_ptr, s_ptr, R, K, EB: tl.constexpr, MB: tl.con
 def dequantize_kernel(q_ptr, s_ptr, ts_ptr, y_ptr, R, K, KQ, stride_sr, stride_sc,
                       SR: tl.constexpr, SC: tl.constexpr, EB: tl.constexpr, MB: tl.constexpr,
                       BIAS: tl.constexpr, SCALE: tl.constexpr, PACK: tl.constexpr,
-                      OUT_BF16: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr):
+                      OUT_BF16: tl.constexpr, HW: tl.constexpr, BR: tl.constexpr,
+                      BC: tl.constexpr):
     """y[i, j] = decode(q[i, j]) * s[i // SR, j // SC] for the (R, K) output (codes rows are KQ
     elements long, so padding is cropped); E8M0 scales decode to 2^(b-127), E4M3 block scales to
-    fl(decode(code) * s_t). Output fp32 or RNE bf16."""
+    fl(decode(code) * s_t). Output fp32 or RNE bf16. HW (sm_89+): FP8 codes widen through the
+    hardware's cvt and the bf16 output rounds in hardware (both exact or RNE, as the integer
+    path; the interpreter's casts are not)."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols = tl.program_id(1) * BC + tl.arange(0, BC)
     mask = (rows < R)[:, None] & (cols < K)[None, :]
@@ -265,9 +268,17 @@ def dequantize_kernel(q_ptr, s_ptr, ts_ptr, y_ptr, R, K, KQ, stride_sr, stride_s
         s = decode_e8m0(s)
     elif SCALE == 3:
         s = decode_e4m3(s) * tl.load(ts_ptr)
-    y = decode_elem(q, EB, MB, BIAS) * s
+    if HW and EB == 4 and MB == 3:
+        v = q.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    elif HW and EB == 5:
+        v = q.to(tl.uint8).to(tl.float8e5, bitcast=True).to(tl.float32)
+    else:
+        v = decode_elem(q, EB, MB, BIAS)
+    y = v * s
     off = r64 * K + cols[None, :]
-    if OUT_BF16:   # y_ptr: the bf16 output viewed as int16 (the interpreter's cast truncates)
+    if OUT_BF16 and HW:
+        tl.store(y_ptr + off, y.to(tl.bfloat16).to(tl.int16, bitcast=True), mask=mask)
+    elif OUT_BF16:   # y_ptr: the bf16 output viewed as int16 (the interpreter's cast truncates)
         tl.store(y_ptr + off, bf16_bits_rne(y), mask=mask)
     else:
         tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -359,10 +370,13 @@ def quantize(x, recipe, hw=None):
     return q, s, ts
 
 
-def dequantize(q, s, ts, recipe, R, K, out_dtype):
+def dequantize(q, s, ts, recipe, R, K, out_dtype, hw=None):
     """Inverse of `quantize` on the (R, K) view: y = decode(q) * scale, fp32 then RNE to
     out_dtype (fp32, bf16 or fp16)."""
     import torch
+    if hw is None:
+        hw = (HW_CVT and q.device.type == "cuda"
+              and torch.cuda.get_device_capability(q.device) >= (8, 9))
     meta, _, _ = _meta(recipe)
     g = recipe.granularity
     pack = recipe.format.bits == 4
@@ -380,5 +394,6 @@ def dequantize(q, s, ts, recipe, R, K, out_dtype):
         dequantize_kernel[grid](q, s, ts if ts is not None else s,
                                 y.view(torch.int16) if bf16 else y, R, K, kq, st0, st1,
                                 SR=sr, SC=sc, EB=meta["EB"], MB=meta["MB"], BIAS=meta["BIAS"],
-                                SCALE=meta["SCALE"], PACK=pack, OUT_BF16=bf16, BR=BR, BC=BC)
+                                SCALE=meta["SCALE"], PACK=pack, OUT_BF16=bf16, HW=hw,
+                                BR=BR, BC=BC)
     return y

@@ -7,14 +7,15 @@ bits per value and dequantized in registers.
 Two kernels, one result (FP32 accumulation of exact products): `wq_mm_kernel` on the BF16
 tensor cores for prefill-sized M (for MX weights on sm_90+ also through Triton's
 `tl.dot_scaled`, the block-scaled tensor cores on sm_100), `wq_gemv_kernel` on the CUDA cores
-for decode-sized M; both can split K across programs, with a deterministic reduction. The
-launcher tunes the choice per shape (`_tuning`).
+for decode-sized M; both can split K across programs, with a deterministic reduction. For
+compute-bound M a third candidate dequantizes W to BF16 once and multiplies on cuBLAS
+(`_dequant_then_mm`). The launcher tunes the choice per shape (`_tuning`).
 """
 import triton
 import triton.language as tl
 
 from quantlib.kernels._gemm import _store_out, _tile_ids, decode_fp8
-from quantlib.kernels._minifloat import decode_e4m3, decode_e8m0, to_f32
+from quantlib.kernels._minifloat import bf16_bits_rne, decode_e4m3, decode_e8m0, to_f32
 from quantlib.kernels._tuning import tuned
 
 # E2M1 byte -> two BF16 in PTX (GPU only). The 8 magnitudes' BF16 patterns are a byte table:
@@ -232,6 +233,56 @@ def splitk_reduce_kernel(p_ptr, ts_ptr, bias_ptr, y_ptr, M, N, SPLIT_K: tl.const
               INTERPRET)
 
 
+@triton.jit
+def wq_dequant_kernel(w_ptr, ws_ptr, out_ptr, N, K, W_FMT: tl.constexpr, S_FMT: tl.constexpr,
+                      GROUP: tl.constexpr, INTERPRET: tl.constexpr, FAST: tl.constexpr,
+                      BN: tl.constexpr, BK: tl.constexpr):
+    """dequant(W) to BF16 without the tensor (or per-row) scale: the numbers the tensor-core
+    kernel feeds its MMA, exact in BF16 (see `_dequant_tile`), written once for a cuBLAS
+    GEMM. One (BN, BK) tile per program."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    wn = tl.where(offs_n < N, offs_n, 0)
+    WB: tl.constexpr = BK // 2 if W_FMT == 0 else BK
+    kb = tl.program_id(1)
+    codes = tl.load(w_ptr + wn[:, None] * (K * WB // BK) + kb * WB + tl.arange(0, WB)[None, :])
+    sc = _load_scales(ws_ptr + wn[:, None] * (K // GROUP) + kb * (BK // GROUP)
+                      + tl.arange(0, BK // GROUP)[None, :], S_FMT)
+    w = _dequant_tile(codes, sc, W_FMT, S_FMT, GROUP, BN, BK, FAST)
+    ptrs = out_ptr + offs_n.to(tl.int64)[:, None] * K + kb * BK + tl.arange(0, BK)[None, :]
+    if INTERPRET:       # bf16 bit patterns: the interpreter's fp32 -> bf16 cast truncates
+        w = bf16_bits_rne(w.to(tl.float32))
+    else:
+        w = w.to(tl.bfloat16)
+    tl.store(ptrs, w, mask=(offs_n < N)[:, None])
+
+
+def _dequant_then_mm(x, w, ws, ts_arg, bias_arg, y_arg, ts_mode, cfg, common):
+    """The "dequant" config, for compute-bound M: dequantize W to BF16 once (O(NK) work, not
+    the O(MNK / BM) of dequantizing in every row tile's main loop), multiply on cuBLAS with
+    FP32 output (`torch.mm(..., out_dtype=float32)`: exact BF16 products, FP32 accumulation),
+    then the same epilogue (tensor scale, bias, one rounding) as the Triton kernels. vLLM's
+    AWQ layer makes the same switch for large batches. Costs a transient BF16 copy of W."""
+    import torch
+    M, K = x.shape
+    N = w.shape[0]
+    BN, BK, nw = cfg[1:]
+    while K % BK:
+        BK //= 2
+    interp = common["INTERPRET"]
+    wdq = torch.empty((N, K), dtype=torch.int16 if interp else torch.bfloat16, device=x.device)
+    wq_dequant_kernel[(triton.cdiv(N, BN), K // BK)](
+        w, ws, wdq, N, K, W_FMT=common["W_FMT"], S_FMT=common["S_FMT"], GROUP=common["GROUP"],
+        INTERPRET=interp, FAST=common["FAST"], BN=BN, BK=BK, num_warps=nw)
+    if interp:          # CPU: the same exact products, FP32 accumulation
+        y32 = x.float() @ wdq.view(torch.bfloat16).float().t()
+    else:
+        y32 = torch.mm(x, wdq.t(), out_dtype=torch.float32)
+    RB, RN = 16, 256
+    splitk_reduce_kernel[(triton.cdiv(M, RB), triton.cdiv(N, RN))](
+        y32, ts_arg, bias_arg, y_arg, M, N, SPLIT_K=1, TS=ts_mode, HAS_BIAS=common["HAS_BIAS"],
+        OUT_BF16=common["OUT_BF16"], INTERPRET=interp, BM=RB, BN=RN)
+
+
 # ---- launcher (host side) ------------------------------------------------------------------
 FAST_E2M1 = True   # the PTX E2M1 decoder on GPUs (gpu_check.py verifies it; False: fp32 path)
 _WQ = {"nvfp4": (0, 0, 16), "mxfp4": (0, 1, 32), "mxfp8_e4m3": (1, 1, 32),
@@ -240,21 +291,31 @@ _WQ = {"nvfp4": (0, 0, 16), "mxfp4": (0, 1, 32), "mxfp8_e4m3": (1, 1, 32),
 # block scales (S_FMT 2): `ts` carries that scale, one value or one per output row
 _best_wq = {}
 GEMV_MAX_M = 4     # the CUDA-core kernel is a candidate up to this many rows
+DEQUANT_MIN_M = 512  # dequantize-once + cuBLAS is a candidate from this many rows
+
+
+def scaled_dot_supported(kind: str, capability) -> bool:
+    """Whether `tl.dot_scaled` can take this weight on a GPU of this compute capability: MX
+    weights only (E8M0 scales per 32, the scale format the Triton API takes; NVFP4's E4M3
+    scales per 16 and FP8 weights' FP32 scales are not), on a Hopper or newer GPU (sm_100:
+    block-scaled tensor cores), with a Triton that has it."""
+    return _WQ[kind][1] == 1 and hasattr(tl, "dot_scaled") and tuple(capability) >= (9, 0)
 
 
 def scaled_dot_ok(kind: str, device) -> bool:
-    """Whether `tl.dot_scaled` is a candidate: MX weights (E8M0 scales per 32, the scale format
-    the Triton API takes), a Triton that has it, a Hopper or newer GPU (sm_100: block-scaled
-    tensor cores). NVFP4's E4M3 scales per 16 stay on the register-dequantizing kernel."""
+    """`scaled_dot_supported` for the GPU `device` is on (never on the CPU interpreter's
+    candidate list: the tests force those configs)."""
     import torch
-    return (kind != "nvfp4" and hasattr(tl, "dot_scaled") and device.type == "cuda"
-            and torch.cuda.get_device_capability(device) >= (9, 0))
+    return device.type == "cuda" and scaled_dot_supported(
+        kind, torch.cuda.get_device_capability(device))
 
 
 def wq_configs(M: int, interpret: bool, scaled: bool = False):
     """Candidate configs, first = the default: ("gemv", BM, BN, BK, SPLIT_K, warps, stages),
-    ("dot" or "scaled", BM, BN, BK, SPLIT_K, GROUP_M, warps, stages); "scaled" (tl.dot_scaled)
-    only where `scaled_dot_ok`."""
+    ("dot" or "scaled", BM, BN, BK, SPLIT_K, GROUP_M, warps, stages), ("dequant", BN, BK,
+    warps); "scaled" (tl.dot_scaled) only where `scaled_dot_ok`. Decode-sized M gets deep
+    split-K candidates: a 1-row product has too few output tiles to keep every SM streaming
+    weights, and splitting K multiplies the programs in flight."""
     if interpret:      # small tiles; split K so the tests exercise the reduction
         if M <= GEMV_MAX_M:
             return [("gemv", triton.next_power_of_2(M), 16, 64, 2, 4, 1)]
@@ -262,16 +323,20 @@ def wq_configs(M: int, interpret: bool, scaled: bool = False):
     cfgs = []
     if M <= GEMV_MAX_M:    # accumulator BM*BN*BK = 8K or 16K fp32 over 128 or 256 threads
         bm = triton.next_power_of_2(M)
-        cfgs += [("gemv", bm, 8192 // (bm * 128), 128, sk, 4, 3) for sk in (1, 4)]
-        cfgs += [("gemv", bm, 16384 // (bm * 256), 256, 2, 8, 3)]
+        cfgs += [("gemv", bm, 8192 // (bm * 128), 128, sk, 4, 3) for sk in (1, 4, 16)]
+        cfgs += [("gemv", bm, 16384 // (bm * 256), 256, sk, 8, 3) for sk in (2, 8)]
+        cfgs += [("gemv", bm, 4096 // (bm * 128), 128, 32, 4, 2)]
     if M <= 16:            # tensor cores with a 16-row tile: narrow N tiles or split K
         cfgs += [("dot", 16, 64, 256, 4, 1, 4, 3), ("dot", 16, 32, 256, 1, 1, 4, 4),
-                 ("dot", 16, 64, 256, 1, 1, 4, 4)]
+                 ("dot", 16, 64, 256, 1, 1, 4, 4), ("dot", 16, 64, 128, 16, 1, 4, 2),
+                 ("dot", 16, 128, 128, 8, 1, 4, 3)]
     elif M <= 256:
         cfgs += [("dot", 64, 128, 128, 1, 8, 4, 3), ("dot", 32, 128, 128, 2, 8, 4, 3)]
     else:
         cfgs += [("dot", 128, 256, 64, 1, 8, 8, 3), ("dot", 128, 128, 64, 1, 8, 4, 4),
                  ("dot", 128, 128, 128, 1, 8, 8, 3)]
+    if M >= DEQUANT_MIN_M:  # compute-bound: dequantize W once, then cuBLAS (see wq_mm)
+        cfgs += [("dequant", 64, 128, 4)]
     if scaled:
         cfgs += ([("scaled", 16, 64, 256, 1, 1, 4, 4), ("scaled", 16, 64, 256, 4, 1, 4, 3)]
                  if M <= 16 else [("scaled", 64, 128, 128, 1, 8, 4, 3)] if M <= 256 else
@@ -302,8 +367,9 @@ def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=
         raise ValueError(f"wq_mm: a GEMV config computes at most BM rows in one program; x has "
                          f"M={M} rows: use BM >= M (a power of two) or a 'dot' config")
     if any(c[0] == "scaled" for c in cfgs) and S_FMT != 1:
+        has = "E4M3 scales per 16" if S_FMT == 0 else "FP32 scales per row or tensor"
         raise ValueError(f"wq_mm: tl.dot_scaled takes E8M0 scales per 32 (MX); {kind} has "
-                         f"E4M3 scales per 16: use a 'dot' or 'gemv' config")
+                         f"{has}: use a 'dot' or 'gemv' config")
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
     y_arg = y.view(torch.int16) if (interp and out_dtype == torch.bfloat16) else y
     if S_FMT == 2 and K % 16:
@@ -320,6 +386,8 @@ def wq_mm(x, w, ws, ts, kind: str, bias=None, out_dtype=None, config=None, fast=
     xb = x.view(torch.int16)            # bf16 bits, read exactly everywhere (see to_f32)
 
     def launch(cfg):
+        if cfg[0] == "dequant":
+            return _dequant_then_mm(x, w, ws, ts_arg, bias_arg, y_arg, ts_mode, cfg, common)
         gemv = cfg[0] == "gemv"
         BM, BN, BK, SK = cfg[1:5]
         nw, ns = cfg[-2:]

@@ -83,8 +83,10 @@ def benchmark_table(results: dict, skipped: bool = False) -> Table:
 
 def roofline_points(results: dict) -> list[dict]:
     """(arithmetic intensity in FLOP/byte, TFLOP/s) of each GEMM benchmark and its baseline:
-    FP8 GEMM bytes = M*K + N*K + 2*M*N; W4A16 bytes = 2*M*K + weight bytes (4.5 bits each)
-    + 2*M*N, cuBLAS BF16 with 2 bytes per weight."""
+    FP8 GEMM bytes = M*K + N*K + 2*M*N; weight-only bytes = 2*M*K + the stored weight (its
+    recipe's bits per element: 4.5 for NVFP4, 4.25 for MXFP4, about 8 for FP8) + 2*M*N, cuBLAS
+    BF16 with 2 bytes per weight."""
+    from quantlib.recipes import get_recipe
     pts = []
     for b in results["benchmarks"]:
         if "M" not in b or "ms" not in b:
@@ -92,9 +94,11 @@ def roofline_points(results: dict) -> list[dict]:
         m, n, k = b["M"], b["N"], b["K"]
         flop = 2.0 * m * n * k
         if "speedup" in b:
-            ours_bytes = 2 * m * k + n * k * 4.5 / 8 + 2 * m * n
+            bits = get_recipe(b.get("recipe", "nvfp4")).bits_per_element((n, k))
+            ours_bytes = 2 * m * k + n * k * bits / 8 + 2 * m * n
             base_bytes = 2 * m * k + 2 * n * k + 2 * m * n
-            pts.append({"kernel": "W4A16 (ours)", "ai": flop / ours_bytes,
+            kernel = "W8A16 (ours)" if bits > 6 else "W4A16 (ours)"
+            pts.append({"kernel": kernel, "ai": flop / ours_bytes,
                         "tflops": flop / b["ms"] / 1e9})
             pts.append({"kernel": "cuBLAS BF16", "ai": flop / base_bytes,
                         "tflops": flop / b["cuBLAS bf16 ms"] / 1e9})
