@@ -92,24 +92,26 @@ def main():
     for name in args.formats:
         f = get_format(name)
         codes = encode(xd, f)
-        cands = {"encode": [("quantlib", lambda: encode(xd, f), r),
-                            ("quantlib explicit", lambda: encode(xd, f, method="explicit"), 1)],
-                 "decode": [("quantlib", lambda: decode(codes, f), r),
-                            ("quantlib explicit", lambda: decode(codes, f, method="explicit"), 1)]}
+        cands = {"encode": [("quantlib", lambda f=f: encode(xd, f), r),
+                            ("quantlib explicit",
+                             lambda f=f: encode(xd, f, method="explicit"), 1)],
+                 "decode": [("quantlib", lambda codes=codes, f=f: decode(codes, f), r),
+                            ("quantlib explicit",
+                             lambda codes=codes, f=f: decode(codes, f, method="explicit"), 1)]}
         same = {}
         if f.torch_dtype is not None and f.name != "e2m1":
             native = xd.to(f.torch_dtype)
-            same["torch"] = same_semantics(f, lambda p: p.to(dev).to(f.torch_dtype).view(
+            same["torch"] = same_semantics(f, lambda p, f=f: p.to(dev).to(f.torch_dtype).view(
                 torch.uint8 if f.bits == 8 else torch.int16).cpu(), dev)
-            cands["encode"].append(("torch", lambda: xd.to(f.torch_dtype), r))
-            cands["decode"].append(("torch", lambda: native.to(torch.float32), r))
+            cands["encode"].append(("torch", lambda f=f: xd.to(f.torch_dtype), r))
+            cands["decode"].append(("torch", lambda native=native: native.to(torch.float32), r))
         if ml_dtypes is not None and dev == "cpu":
             mld = xn.astype(f.ml_dtype)
             view = np.uint8 if f.bits <= 8 else np.uint16
-            same["ml_dtypes"] = same_semantics(f, lambda p: torch.from_numpy(
+            same["ml_dtypes"] = same_semantics(f, lambda p, f=f, view=view: torch.from_numpy(
                 p.numpy().astype(f.ml_dtype).view(view).astype(np.int32)), dev)
-            cands["encode"].append(("ml_dtypes", lambda: xn.astype(f.ml_dtype), r))
-            cands["decode"].append(("ml_dtypes", lambda: mld.astype(np.float32), r))
+            cands["encode"].append(("ml_dtypes", lambda f=f: xn.astype(f.ml_dtype), r))
+            cands["decode"].append(("ml_dtypes", lambda mld=mld: mld.astype(np.float32), r))
         for op, impls in cands.items():
             results = timed_round_robin(impls, dev)
             base = [t for impl, t in results if not impl.startswith("quantlib")]

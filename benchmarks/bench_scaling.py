@@ -99,7 +99,7 @@ def run(size: int = 4096, repeat: int = 5) -> Table:
              ("mxfp4", lambda: torchao_to_mx_fp4(x), lambda q: (q.scales, q.codes))]
     for name, baseline, ours_out in cases:
         tb = median_time(baseline, repeat)
-        tq = median_time(lambda: quantlib.quantize(x, name), repeat)
+        tq = median_time(lambda name=name: quantlib.quantize(x, name), repeat)
         bs, bc = baseline()
         qs, qc = ours_out(quantlib.quantize(x, name))
         codes_diff = int((bc != qc).sum())

@@ -9,32 +9,67 @@ real training step (plus FSDP2 on CPU ranks) to check the predictions.
 - model.py, tracker.py, fsdp.py: the measured side
 - plots.py: the chapter's figures (matplotlib, imported on use)
 """
-from quantlib.memory.config import (PRESETS, ModelConfig, get_model_config, linear_param_count,
-                                    param_breakdown, param_count, preset_table)
-from quantlib.memory.units import GB, GiB, format_bytes, to_unit
-from quantlib.memory.inference import (STORAGE_FORMATS, InferenceMemory, StorageFormat,
-                                       bits_per_element, inference_memory, inference_table,
-                                       kv_cache_memory, kv_cache_table, scale_overhead_table,
-                                       storage_format)
-from quantlib.memory.activations import (SavedTensor, activation_memory, activation_table,
-                                         layer_activation_memory, saved_tensors)
-from quantlib.memory.training import (OPTIMIZERS, SHARDING, STRATEGIES, TrainingMemory,
-                                      bytes_per_parameter, optimizer_state_bytes,
-                                      sharding_table, strategy_table, training_memory)
-from quantlib.memory.model import LlamaDecoder, build_model
-from quantlib.memory.tracker import (MeasuredMemory, compare_table, cuda_peak_memory,
-                                     cuda_peak_table, measure_training_step,
-                                     predicted_vs_measured, storage_bytes)
+from quantlib.memory.activations import (
+    SavedTensor,
+    activation_memory,
+    activation_table,
+    layer_activation_memory,
+    saved_tensors,
+)
+from quantlib.memory.config import (
+    PRESETS,
+    ModelConfig,
+    get_model_config,
+    linear_param_count,
+    param_breakdown,
+    param_count,
+    preset_table,
+)
 from quantlib.memory.fsdp import fsdp_table, measure_fsdp
+from quantlib.memory.inference import (
+    STORAGE_FORMATS,
+    InferenceMemory,
+    StorageFormat,
+    bits_per_element,
+    inference_memory,
+    inference_table,
+    kv_cache_memory,
+    kv_cache_table,
+    scale_overhead_table,
+    storage_format,
+)
+from quantlib.memory.model import LlamaDecoder, build_model
+from quantlib.memory.tracker import (
+    MeasuredMemory,
+    compare_table,
+    cuda_peak_memory,
+    cuda_peak_table,
+    measure_training_step,
+    predicted_vs_measured,
+    storage_bytes,
+)
+from quantlib.memory.training import (
+    OPTIMIZERS,
+    SHARDING,
+    STRATEGIES,
+    TrainingMemory,
+    bytes_per_parameter,
+    optimizer_state_bytes,
+    sharding_table,
+    strategy_table,
+    training_memory,
+)
+from quantlib.memory.units import GB, GiB, format_bytes, to_unit
 
-__all__ = ["PRESETS", "ModelConfig", "get_model_config", "linear_param_count", "param_breakdown",
-           "param_count", "preset_table", "GB", "GiB", "format_bytes", "to_unit",
-           "STORAGE_FORMATS", "InferenceMemory", "StorageFormat", "bits_per_element",
-           "inference_memory", "inference_table", "kv_cache_memory", "kv_cache_table",
-           "scale_overhead_table", "storage_format", "SavedTensor", "activation_memory",
-           "activation_table", "layer_activation_memory", "saved_tensors", "OPTIMIZERS",
-           "SHARDING", "STRATEGIES", "TrainingMemory", "bytes_per_parameter",
-           "optimizer_state_bytes", "sharding_table", "strategy_table", "training_memory",
-           "LlamaDecoder", "build_model", "MeasuredMemory", "compare_table", "cuda_peak_memory",
-           "cuda_peak_table", "measure_training_step", "predicted_vs_measured", "storage_bytes",
-           "fsdp_table", "measure_fsdp"]
+__all__ = [
+    "GB", "OPTIMIZERS", "PRESETS", "SHARDING", "STORAGE_FORMATS", "STRATEGIES", "GiB",
+    "InferenceMemory", "LlamaDecoder", "MeasuredMemory", "ModelConfig", "SavedTensor",
+    "StorageFormat", "TrainingMemory", "activation_memory", "activation_table", "bits_per_element",
+    "build_model", "bytes_per_parameter", "compare_table", "cuda_peak_memory", "cuda_peak_table",
+    "format_bytes", "fsdp_table", "get_model_config", "inference_memory", "inference_table",
+    "kv_cache_memory", "kv_cache_table", "layer_activation_memory", "linear_param_count",
+    "measure_fsdp", "measure_training_step", "optimizer_state_bytes", "param_breakdown",
+    "param_count", "predicted_vs_measured", "preset_table", "saved_tensors", "scale_overhead_table",
+    "sharding_table", "storage_bytes", "storage_format", "strategy_table", "to_unit",
+    "training_memory",
+]

@@ -9,8 +9,9 @@ tests against the totals the model cards publish.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from quantlib.table import Table
 
@@ -58,7 +59,7 @@ class ModelConfig:
         _check_positive_int("head_dim", self.head_dim)
 
     @classmethod
-    def from_hf_config(cls, config: Mapping[str, Any], name: str | None = None) -> "ModelConfig":
+    def from_hf_config(cls, config: Mapping[str, Any], name: str | None = None) -> ModelConfig:
         """Build from a Hugging Face `config.json` dict as it stands; unknown keys are ignored.
 
         Qwen2 configs have no `attention_bias` key but their q/k/v projections carry biases:
@@ -96,30 +97,30 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 # Published config.json numbers (Hugging Face model repositories).
 _PRESETS: dict[str, dict[str, Any]] = {
-    "Llama-2-7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
-                       tie_word_embeddings=False),
-    "Llama-2-13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                        num_attention_heads=40, num_key_value_heads=40, vocab_size=32000,
-                        tie_word_embeddings=False),
-    "Llama-3-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                       tie_word_embeddings=False),
-    "Llama-3-70B": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                        num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
-                        tie_word_embeddings=False),
-    "Llama-3.2-1B": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                         num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-                         vocab_size=128256, tie_word_embeddings=True),
-    "Mistral-7B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
-                       tie_word_embeddings=False),
-    "Qwen2.5-0.5B": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864,
-                         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                         vocab_size=151936, tie_word_embeddings=True),
-    "TinyLlama-1.1B": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                           num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
-                           tie_word_embeddings=False),
+    "Llama-2-7B": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+                   "tie_word_embeddings": False},
+    "Llama-2-13B": {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+                    "num_attention_heads": 40, "num_key_value_heads": 40, "vocab_size": 32000,
+                    "tie_word_embeddings": False},
+    "Llama-3-8B": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+                   "tie_word_embeddings": False},
+    "Llama-3-70B": {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                    "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+                    "tie_word_embeddings": False},
+    "Llama-3.2-1B": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+                     "vocab_size": 128256, "tie_word_embeddings": True},
+    "Mistral-7B": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+                   "tie_word_embeddings": False},
+    "Qwen2.5-0.5B": {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+                     "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+                     "vocab_size": 151936, "tie_word_embeddings": True},
+    "TinyLlama-1.1B": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+                       "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000,
+                       "tie_word_embeddings": False},
 }
 PRESETS: tuple[str, ...] = tuple(_PRESETS)
 

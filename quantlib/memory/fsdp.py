@@ -84,9 +84,9 @@ def measure_fsdp(config: ModelConfig, world_size: int = 2, batch_size: int = 2,
                 rank, mem = results.get(timeout=min(left, 1.0))
                 out[rank] = mem
             except queue.Empty:
-                if procs.join(timeout=0):  # every rank exited (raises if one failed)
-                    if len(out) < world_size:
-                        raise RuntimeError("an FSDP rank exited without a result")
+                # procs.join(timeout=0): every rank exited (raises if one failed)
+                if procs.join(timeout=0) and len(out) < world_size:
+                    raise RuntimeError("an FSDP rank exited without a result")
         while not procs.join(timeout=max(1.0, deadline - time.monotonic())):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"FSDP ranks did not exit within {timeout} s")

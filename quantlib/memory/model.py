@@ -9,8 +9,8 @@ MLP, an LM head tied to the embedding when the config says so.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from quantlib.memory.config import ModelConfig, _as_config, param_count

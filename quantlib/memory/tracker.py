@@ -10,8 +10,8 @@ activations). On a GPU, `cuda_peak_memory` reads `torch.cuda.max_memory_allocate
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 

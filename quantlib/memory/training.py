@@ -126,9 +126,9 @@ def training_memory(config: ModelConfig | str, strategy: str = "ptq", batch_size
     q = storage_format(fmt)
     activations_kw = {}
     if strategy == "qat":
-        activations_kw = dict(fake_quant=True)
+        activations_kw = {"fake_quant": True}
     elif strategy == "qt":
-        activations_kw = dict(linear_input_bytes=q.element_bits / 8)
+        activations_kw = {"linear_input_bytes": q.element_bits / 8}
     w, m, g, a = _PRECISION[strategy]
     activations = activation_memory(c, batch_size, seq_len, activation_bytes=a,
                                     recompute=recompute, norm=norm, **activations_kw)

@@ -1,10 +1,24 @@
 """quantlib.nn: quantized layers and whole-model tools (PTQ, GPTQ, QAT, low-precision training)."""
-from quantlib.nn.training import FP8Linear, convert_to_low_precision_training
-from quantlib.nn.linear import QuantConfig, QuantLinear, CONFIGS, get_config, configs_table
-from quantlib.nn.calibrate import (max_calibrator, percentile_calibrator, mse_calibrator,
-                                   fixed_amax, calibrate_activations, collect_inputs)
-from quantlib.nn.ptq import quantize_model, memory_report, size_by_component, compare_ptq
+from quantlib.nn.calibrate import (
+    calibrate_activations,
+    collect_inputs,
+    fixed_amax,
+    max_calibrator,
+    mse_calibrator,
+    percentile_calibrator,
+)
 from quantlib.nn.gptq import gptq_quantize, hessian
+from quantlib.nn.linear import CONFIGS, QuantConfig, QuantLinear, configs_table, get_config
+from quantlib.nn.ptq import compare_ptq, memory_report, quantize_model, size_by_component
+from quantlib.nn.qat import LSQQuantizer, QATLinear, convert, fake_quantize, prepare_qat, qat_vs_ptq
+from quantlib.nn.training import FP8Linear, convert_to_low_precision_training
 from quantlib.nn.transforms import awq_factors, smoothquant_factors
-from quantlib.nn.qat import (fake_quantize, LSQQuantizer, QATLinear, prepare_qat, convert,
-                             qat_vs_ptq)
+
+__all__ = [
+    "CONFIGS", "FP8Linear", "LSQQuantizer", "QATLinear", "QuantConfig", "QuantLinear",
+    "awq_factors", "calibrate_activations", "collect_inputs", "compare_ptq", "configs_table",
+    "convert", "convert_to_low_precision_training", "fake_quantize", "fixed_amax", "get_config",
+    "gptq_quantize", "hessian", "max_calibrator", "memory_report", "mse_calibrator",
+    "percentile_calibrator", "prepare_qat", "qat_vs_ptq", "quantize_model", "size_by_component",
+    "smoothquant_factors",
+]

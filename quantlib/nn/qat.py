@@ -242,4 +242,4 @@ def qat_vs_ptq(model: nn.Module, config, train: Callable, evaluate: Callable[[nn
     return t, curves, models
 
 
-__all__ = ["fake_quantize", "LSQQuantizer", "QATLinear", "prepare_qat", "convert", "qat_vs_ptq"]
+__all__ = ["LSQQuantizer", "QATLinear", "convert", "fake_quantize", "prepare_qat", "qat_vs_ptq"]
