@@ -79,9 +79,9 @@ def get_config(config) -> QuantConfig:
         return CONFIGS[config.strip().lower()]
     try:
         r = get_recipe(config)
-    except ValueError:
-        raise ValueError(f"unknown quantization config {config!r}: use a QuantConfig, one of "
-                         f"{', '.join(CONFIGS)}, or a recipe name (weight-only)") from None
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"unknown quantization config {config!r}: use a QuantConfig, one of "
+                      f"{', '.join(CONFIGS)}, or a recipe name (weight-only)") from None
     return QuantConfig(r.name, r, None, r.description)
 
 
@@ -129,6 +129,21 @@ class QuantLinear(nn.Module):
                              if static_activation else None)
         self.register_buffer("smooth", torch.ones(in_features, device=device) if smooth else None)
         self.register_buffer("rotation", torch.eye(rotation, device=device) if rotation else None)
+
+    # float buffers that are part of the stored numbers, not of the compute dtype
+    _EXACT_BUFFERS = ("weight_scales", "weight_tensor_scale", "act_amax", "smooth", "rotation")
+
+    def _apply(self, fn, recurse=True):
+        """`.half()`, `.bfloat16()`, `.to(dtype)` change the compute dtype only (the bias, and
+        the dtype of the dequantized weight, which follows the input): scales, tensor scale,
+        act_amax, smoothing factors and rotation stay float32, exact; devices move as usual."""
+        kept = {n: self._buffers.get(n) for n in self._EXACT_BUFFERS}
+        out = super()._apply(fn, recurse)
+        for n, t in kept.items():
+            new = self._buffers.get(n)
+            if t is not None and new is not None and new.dtype != t.dtype:
+                self._buffers[n] = t.to(device=new.device)
+        return out
 
     def _set_weight(self, qt: QuantizedTensor) -> None:
         for name in ("codes", "scales", "tensor_scale", "zero_point"):
