@@ -120,6 +120,7 @@ def test_compute_scale(x, recipe):
     if xb_dims is REFUSED:
         return
     xb, dims = xb_dims
+    assert attempt(lambda: compute_scale(xb.to("meta"), dims, recipe)) is REFUSED
     sc = compute_scale(xb, dims, recipe.name if recipe.name in RECIPES and recipe == RECIPES[
         recipe.name] else recipe)
     s, bad = sc["s"], sc["bad"].expand_as(sc["s"])
@@ -180,7 +181,8 @@ def test_quant_linear(config, k, n, batch, dtype, bias, seed):
     want = F.linear(xq, q.qweight.dequantize(dtype), None if lin.bias is None else
                     lin.bias.detach().to(dtype))
     assert torch.equal(y, want)
-    for bad in (torch.randn(2, k + 1), torch.tensor(1.0), torch.ones(2, k, dtype=torch.int32)):
+    for bad in (torch.randn(2, k + 1), torch.tensor(1.0), torch.ones(2, k, dtype=torch.int32),
+                torch.empty(2, k, device="meta")):
         assert attempt(lambda: q(bad)) is REFUSED
 
 
@@ -209,6 +211,7 @@ def test_quantize_model_tiny(config, widths, pad, shared, seed):
         assert isinstance(got, QuantLinear) or f"'{name}'" in listed
     if shared:
         assert q[-1] is q[-2]
+    assert attempt(lambda: quantize_model(seq.to("meta"), config, pad=True)) is REFUSED
     y = q(x)
     assert y.shape == (3, widths[-1]) and bool(torch.isfinite(y).all())
 

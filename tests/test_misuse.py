@@ -64,6 +64,11 @@ def test_every_alias_of_a_shared_linear_becomes_one_quantlinear():
     wh = quantize(m.head.weight, "int4_g32").dequantize()
     h = F.linear(torch.relu(F.linear(x, wa, m.a.bias)), wa, m.a.bias)
     assert torch.equal(q(x), F.linear(h, wh, m.head.bias))
+    qat = prepare_qat(m, "int4_g32")                          # QAT and convert do the same
+    assert qat.b is qat.a and type(qat.a).__name__ == "QATLinear"
+    real = convert(qat)
+    assert isinstance(real.a, QuantLinear) and real.b is real.a
+    assert torch.equal(real(x), q(x))
     seq = nn.Sequential(m.a, nn.ReLU(), m.a)                 # the same module twice in a list
     qs = quantize_model(seq, "int8")
     assert isinstance(qs[2], QuantLinear) and qs[2] is qs[0]

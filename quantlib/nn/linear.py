@@ -239,6 +239,9 @@ class QuantLinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input of shape {tuple(x.shape)}: the layer takes (..., "
                              f"{self.in_features})")
+        if x.device != self.weight_codes.device:
+            raise ValueError(f"input on {x.device}, layer on {self.weight_codes.device}: move "
+                             f"one of them with .to(device)")
         path = kernel_path(x.device)
         if path not in ("reference", "interpreter"):     # the interpreter is for kernel tests
             y = _kernel_forward(self, x, path)
