@@ -238,6 +238,20 @@ def test_recipe_names_work_where_a_recipe_is_expected():
         compute_scale(xb, (7,), r)
     with pytest.raises(TypeError, match="Recipe.pad"):
         Recipe("x", "int8", pad="yes")
+    from quantlib.nn import QuantConfig
+    from quantlib.nn.linear import static_recipe, supports_static
+    cfg = QuantConfig("mine", "int4_g32", "int8_tensor")
+    assert cfg.weight is get_recipe("int4_g32") and supports_static("int8_tensor")
+    lin = nn.Linear(32, 8)
+    assert torch.equal(QuantLinear.from_linear(lin, cfg, act_amax=2.0)(x[:, :32]),
+                       QuantLinear.from_linear(lin, QuantConfig("mine", get_recipe("int4_g32"),
+                                                                get_recipe("int8_tensor")),
+                                               act_amax=2.0)(x[:, :32]))
+    assert static_recipe("int8_tensor", torch.tensor(2.0)).calibrator is not None
+    with pytest.raises(TypeError, match="weight"):
+        QuantConfig("mine", None)
+    with pytest.raises(TypeError, match="hessian"):
+        hessian([[1.0, 2.0]])
 
 
 # ---- fp8_linear and autograd -----------------------------------------------------------------
@@ -282,7 +296,8 @@ def test_state_dict_and_safetensors_round_trip():
     import os
     import tempfile
 
-    from safetensors.torch import load_file, save_file
+    st = pytest.importorskip("safetensors.torch")     # installed with transformers
+    load_file, save_file = st.load_file, st.save_file
     torch.manual_seed(0)
     x = torch.randn(8, 64)
     q = quantize_model(mlp(0), "nvfp4_w4a4")

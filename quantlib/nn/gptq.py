@@ -27,6 +27,9 @@ from quantlib.scaling import blocked, group_amax, pad_to_blocks
 
 def hessian(inputs: torch.Tensor) -> torch.Tensor:
     """H = 2 X^T X / n of a layer's inputs X (n rows of in_features), float64 for accuracy."""
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.dim() < 1:
+        raise TypeError(f"hessian takes a floating-point tensor of layer inputs (rows, "
+                        f"in_features), got {getattr(inputs, 'dtype', type(inputs).__name__)}")
     x = inputs.reshape(-1, inputs.shape[-1]).double()
     if len(x) == 0:
         raise ValueError("GPTQ needs calibration inputs: got 0 rows for this layer")

@@ -32,6 +32,15 @@ class QuantConfig:
     activation: Recipe | None = None
     description: str = ""
 
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise TypeError(f"QuantConfig.name must be a str, got {self.name!r}")
+        if self.weight is None:
+            raise TypeError("QuantConfig.weight is a Recipe or a recipe name, got None")
+        object.__setattr__(self, "weight", get_recipe(self.weight))      # names accepted
+        if self.activation is not None:
+            object.__setattr__(self, "activation", get_recipe(self.activation))
+
     @property
     def bits(self) -> str:
         w = self.weight.format.bits
@@ -88,6 +97,7 @@ def get_config(config) -> QuantConfig:
 def supports_static(recipe: Recipe | None) -> bool:
     """Whether an activation recipe can take a static (calibrated) amax: one symmetric scale
     for the whole tensor. Per-token and block scales are computed from each input."""
+    recipe = None if recipe is None else get_recipe(recipe)
     return recipe is not None and recipe.granularity == "tensor" and not recipe.asymmetric \
         and recipe.scale_format in ("fp32", "pow2")
 
@@ -95,6 +105,7 @@ def supports_static(recipe: Recipe | None) -> bool:
 def static_recipe(recipe: Recipe, amax: torch.Tensor) -> Recipe:
     """The activation recipe with a fixed (calibrated) amax: a static scale."""
     from quantlib.nn.calibrate import fixed_amax
+    recipe = get_recipe(recipe)
     if not supports_static(recipe):
         raise ValueError(f"static activation scales need a symmetric per-tensor recipe with an "
                          f"FP32 scale; {recipe.name!r} computes its scales from each input")
