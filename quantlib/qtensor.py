@@ -68,6 +68,50 @@ class QuantizedTensor:
     tensor_scale: torch.Tensor | None = None   # NVFP4's FP32 tensor scale (0-d)
     zero_point: torch.Tensor | None = None     # asymmetric INT: uint8, shape of scales
 
+    def __post_init__(self):
+        """Every part checked against the recipe and shape: a malformed QuantizedTensor is a
+        clear error here, not a KeyError or an out-of-bounds read later."""
+        self.recipe = get_recipe(self.recipe)
+        if not isinstance(self.shape, (torch.Size, tuple, list)) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in self.shape):
+            raise TypeError(f"QuantizedTensor.shape must be a torch.Size of non-negative ints, "
+                            f"got {self.shape!r}")
+        self.shape = torch.Size(self.shape)
+        if not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
+            raise TypeError(f"QuantizedTensor.dtype is the original floating dtype, got "
+                            f"{self.dtype!r}")
+        r, sh = self.recipe, tuple(self.shape) or (1,)
+        block_scales = r.scale_format in ("e8m0", "e4m3")
+        kp = padded_last_dim(r, sh)
+        per_row = {4: -(-kp // 2), 6: 3 * -(-kp // 4)}.get(r.format.bits, kp)
+        parts = {"codes": (self.codes, torch.uint8, (*sh[:-1], per_row)),
+                 "scales": (self.scales, torch.uint8 if block_scales else torch.float32,
+                            tuple(scale_shape(r, sh))),
+                 "tensor_scale": (self.tensor_scale, torch.float32, None),
+                 "zero_point": (self.zero_point, torch.uint8, tuple(scale_shape(r, sh)))}
+        needed = {"tensor_scale": r.scale_format == "e4m3", "zero_point": r.asymmetric}
+        for name, (t, dt, want) in parts.items():
+            if t is None:
+                if needed.get(name, True):
+                    raise ValueError(f"malformed QuantizedTensor: a {r.name!r} tensor needs a "
+                                     f"{name.replace('_', ' ')} ({name}, {dt}), got None")
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"QuantizedTensor.{name} must be a tensor, got "
+                                f"{type(t).__name__}")
+            if t.dtype != dt:
+                raise TypeError(f"QuantizedTensor.{name} of a {r.name!r} tensor is {dt}, got "
+                                f"{t.dtype}: codes and scales keep their dtypes (cast the "
+                                f"dequantized values instead)")
+            if want is not None and tuple(t.shape) != want or want is None and t.numel() != 1:
+                raise ValueError(f"malformed QuantizedTensor: {name} has shape "
+                                 f"{tuple(t.shape)}; a "
+                                 f"{r.name!r} tensor of shape {tuple(self.shape)} needs "
+                                 f"{want if want is not None else 'one value'}")
+            if t.device != self.codes.device:
+                raise ValueError(f"QuantizedTensor.{name} is on {t.device}, its codes on "
+                                 f"{self.codes.device}: keep all parts on one device")
+
     # ---- values -----------------------------------------------------------------------------
     def scale_values(self) -> torch.Tensor:
         """The stored scales as float32 (E8M0 -> 2^(b-127), E4M3 codes decoded; NVFP4's block
@@ -100,6 +144,9 @@ class QuantizedTensor:
             raise TypeError(f"dequantize(dtype) takes a floating torch dtype such as "
                             f"torch.float32 or torch.bfloat16, got {dtype!r}")
         r = self.recipe
+        if self.codes.is_meta:
+            raise ValueError("this QuantizedTensor is on the 'meta' device (no values): move it "
+                             "to a real device with .to(device) before dequantizing")
         if self.numel == 0:
             return torch.zeros(self.shape, dtype=dtype, device=self.device)
         s = self.scale_values()
@@ -147,7 +194,16 @@ class QuantizedTensor:
 
     # ---- moving and saving ------------------------------------------------------------------
     def to(self, device) -> QuantizedTensor:
-        """The same quantized tensor on another device."""
+        """The same quantized tensor on another device. Only the device: codes and scales keep
+        their dtypes (casting them would change the numbers), so a dtype is a TypeError; for
+        values in another dtype use `dequantize(dtype)`."""
+        if isinstance(device, torch.dtype):
+            raise TypeError(f"QuantizedTensor.to({device}): a quantized tensor's codes and "
+                            f"scales keep their dtypes, only the device moves; for values in "
+                            f"{device} use dequantize({device})")
+        if not isinstance(device, (str, int, torch.device)):
+            raise TypeError(f"QuantizedTensor.to takes a device ('cpu', 'cuda', "
+                            f"torch.device), got {type(device).__name__}")
         mv = lambda t: None if t is None else t.to(device)
         return dataclasses.replace(self, codes=mv(self.codes), scales=mv(self.scales),
                                    tensor_scale=mv(self.tensor_scale),
@@ -172,11 +228,31 @@ class QuantizedTensor:
 
     @classmethod
     def from_state_dict(cls, sd: dict) -> QuantizedTensor:
+        """The QuantizedTensor `state_dict()` saved; missing or malformed parts are a clear
+        ValueError/TypeError naming the part."""
+        if not hasattr(sd, "keys"):
+            raise TypeError(f"from_state_dict takes the dict QuantizedTensor.state_dict() "
+                            f"returns, got {type(sd).__name__}")
+        missing = [k for k in ("codes", "scales", "recipe", "shape", "dtype") if k not in sd]
+        if missing:
+            raise ValueError(f"this QuantizedTensor state dict lacks {missing}: save it with "
+                             f"QuantizedTensor.state_dict()")
+        if not hasattr(sd["recipe"], "keys"):
+            raise TypeError(f"state dict 'recipe' must be a dict of Recipe fields, got "
+                            f"{type(sd['recipe']).__name__}")
         rec = dict(sd["recipe"])
         if isinstance(rec.get("block"), list):
             rec["block"] = tuple(rec["block"])
-        return cls(codes=sd["codes"], scales=sd["scales"], recipe=Recipe(**rec),
-                   shape=torch.Size(sd["shape"]), dtype=_DTYPES[sd["dtype"]],
+        try:
+            recipe = Recipe(**rec)
+        except TypeError as e:
+            raise ValueError(f"state dict 'recipe' {rec!r} is not a Recipe: {e}") from None
+        if sd["dtype"] not in _DTYPES:
+            raise ValueError(f"state dict 'dtype' {sd['dtype']!r}: use one of {list(_DTYPES)}")
+        if not isinstance(sd["shape"], (list, tuple, torch.Size)):
+            raise TypeError(f"state dict 'shape' must be a list of ints, got {sd['shape']!r}")
+        return cls(codes=sd["codes"], scales=sd["scales"], recipe=recipe,
+                   shape=sd["shape"], dtype=_DTYPES[sd["dtype"]],
                    tensor_scale=sd.get("tensor_scale"), zero_point=sd.get("zero_point"))
 
     def __repr__(self) -> str:
@@ -195,6 +271,10 @@ def quantize(x: torch.Tensor, recipe) -> QuantizedTensor:
     if not x.is_floating_point():
         raise TypeError(f"quantize needs a floating-point tensor, got {x.dtype}: "
                         f"convert it first, e.g. x.float()")
+    if x.is_meta:
+        raise ValueError("quantize: x is on the 'meta' device (shapes, no values): scales and "
+                         "codes need data; materialize the tensor (e.g. model.to_empty(device=...)"
+                         " and load the weights) first")
     shape, dtype = x.shape, x.dtype
     xf = x.detach().to(torch.float32).reshape(tuple(shape) or (1,))
     if x.dtype == torch.float64:       # finite values beyond FP32's range: its max, not Inf

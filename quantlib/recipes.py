@@ -113,6 +113,16 @@ class Recipe:
     description: str = dataclasses.field(default="", compare=False)
 
     def __post_init__(self):
+        for f, kind in (("name", str), ("element", str), ("granularity", str),
+                        ("scale_format", str), ("scale_rule", str), ("pad", bool)):
+            if not isinstance(getattr(self, f), kind):
+                raise TypeError(f"Recipe.{f} must be a {kind.__name__}, got "
+                                f"{getattr(self, f)!r}")
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise TypeError(f"Recipe.axis must be an int, got {self.axis!r}")
+        if self.calibrator is not None and not callable(self.calibrator):
+            raise TypeError(f"Recipe.calibrator must be None or a callable (rows, dim) -> amax, "
+                            f"got {type(self.calibrator).__name__}")
         fmt = get_format(self.element)       # raises on an unknown element format
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity {self.granularity!r}: use one of {GRANULARITIES}")
@@ -136,6 +146,12 @@ class Recipe:
         if self.scale_format in ("e8m0", "e4m3") and fmt.bits > 8:
             raise ValueError(f"{self.scale_format} block scales serve elements of at most 8 bits "
                              f"(MX, NVFP4); {fmt.title} has {fmt.bits}: use fp32 scales")
+        if self.scale_format == "e8m0" and fmt.is_int and fmt.signed and fmt.name != "int8":
+            # E8M0 scales on integers mean MX fixed point, defined for INT8 (1.6) only; plain
+            # INT4 codes under a power-of-two scale chosen for 1.2 fixed point would waste codes
+            raise ValueError(f"E8M0 scales serve MX elements: FP8/FP6/FP4 or INT8 (MXINT8); "
+                             f"{fmt.title} has no MX fixed-point definition: use "
+                             f"scale_format='pow2' (power-of-two FP32 scale) or 'fp32'")
         if self.asymmetric and self.scale_format != "fp32":
             raise ValueError(f"asymmetric {fmt.title} (zero point) uses fp32 scales, "
                              f"not {self.scale_format}")
@@ -227,7 +243,10 @@ def get_recipe(recipe) -> Recipe:
     """A Recipe by name ("nvfp4", "mxfp4", "fp8_e4m3_1x128", ...), or a Recipe passed through."""
     if isinstance(recipe, Recipe):
         return recipe
-    if isinstance(recipe, str) and recipe.strip().lower() in RECIPES:
+    if not isinstance(recipe, str):
+        raise TypeError(f"expected a Recipe or a recipe name such as 'nvfp4', got "
+                        f"{type(recipe).__name__}: use quantlib.get_recipe(name) or Recipe(...)")
+    if recipe.strip().lower() in RECIPES:
         return RECIPES[recipe.strip().lower()]
     raise ValueError(f"unknown recipe {recipe!r}: use a Recipe or one of {', '.join(RECIPES)}")
 

@@ -27,6 +27,41 @@ def max_calibrator(rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return rows.abs().amax(dim)
 
 
+def as_recipe(recipe):
+    """A Recipe, or a recipe name ("nvfp4") looked up; anything else is a TypeError."""
+    from quantlib.recipes import get_recipe      # recipes imports this module
+    return get_recipe(recipe)
+
+
+def check_amax(amax, what: str = "amax", nonfinite: str = "raise") -> torch.Tensor:
+    """amax as a float32 tensor of magnitudes: a negative amax is a ValueError; a NaN or Inf
+    amax too unless nonfinite="nan" (quantize's own calls: such a group gets a NaN scale)."""
+    if not isinstance(amax, torch.Tensor):
+        if isinstance(amax, (int, float)) and not isinstance(amax, bool):
+            amax = torch.tensor(float(amax))
+        else:
+            raise TypeError(f"{what} must be a tensor (or a number), got {type(amax).__name__}")
+    if not (amax.is_floating_point() or amax.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{what} must be a real tensor, got {amax.dtype}")
+    if amax.is_meta:
+        raise ValueError(f"{what} is on the 'meta' device (no values): scales need data")
+    amax = amax.to(torch.float32)
+    if bool((amax < 0).any()):
+        raise ValueError(f"{what} has negative values: an amax is a magnitude, max |x| >= 0")
+    if nonfinite == "raise" and not bool(torch.isfinite(amax).all()):
+        raise ValueError(f"{what} has NaN or Inf values: a scale needs a finite amax (clean "
+                         f"the data it was measured on)")
+    return amax
+
+
+def _check_qmax(qmax) -> float:
+    if isinstance(qmax, bool) or not isinstance(qmax, (int, float)) or not (
+            0 < qmax < float("inf")):
+        raise ValueError(f"qmax={qmax!r}: the largest code magnitude is a positive finite number "
+                         f"(the element format's max, e.g. 448 for E4M3)")
+    return float(qmax)
+
+
 # ---- groups -------------------------------------------------------------------------------------
 def _block_dims(recipe) -> tuple[int, int]:
     """(rows, cols) of a block in the 2-D view; cols only for 1-D groups."""
@@ -40,6 +75,7 @@ def _block_dims(recipe) -> tuple[int, int]:
 def pad_to_blocks(x: torch.Tensor, recipe) -> torch.Tensor:
     """x zero-padded to whole blocks (last dim; rows of the 2-D view too for 2-D blocks), or a
     ValueError when the block does not divide the shape and `recipe.pad` is False."""
+    recipe = as_recipe(recipe)
     bh, bw = _block_dims(recipe)
     k = x.shape[-1]
     m = math.prod(x.shape[:-1])
@@ -61,6 +97,7 @@ def pad_to_blocks(x: torch.Tensor, recipe) -> torch.Tensor:
 def channel_axis(recipe, ndim: int) -> int:
     """The recipe's channel axis for a tensor of `ndim` dimensions (negative axes count from the
     end), or a clear error when it has no such axis or only one dimension."""
+    recipe = as_recipe(recipe)
     if ndim < 2:
         raise ValueError(f"recipe {recipe.name!r} has one scale per channel along axis "
                          f"{recipe.axis}: it needs a tensor of at least 2 dimensions, got {ndim}; "
@@ -73,6 +110,7 @@ def channel_axis(recipe, ndim: int) -> int:
 
 def blocked(x: torch.Tensor, recipe) -> tuple[torch.Tensor, tuple[int, ...]]:
     """View of a padded x in which each scale's elements span `dims` (keepdim scales broadcast)."""
+    recipe = as_recipe(recipe)
     g = recipe.granularity
     if g == "tensor":
         return x, tuple(range(x.dim()))
@@ -83,12 +121,13 @@ def blocked(x: torch.Tensor, recipe) -> tuple[torch.Tensor, tuple[int, ...]]:
     if g == "group":
         return x.reshape(*x.shape[:-1], x.shape[-1] // recipe.block, recipe.block), (x.dim(),)
     bh, bw = recipe.block
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])    # -1 is ambiguous for 0 rows
     return x2.reshape(x2.shape[0] // bh, bh, x2.shape[1] // bw, bw), (1, 3)
 
 
 def scale_shape(recipe, shape) -> tuple[int, ...]:
     """Shape of the stored scales for a tensor of `shape` (padded to whole blocks)."""
+    recipe = as_recipe(recipe)
     shape = tuple(shape)
     g = recipe.granularity
     if g == "tensor":
@@ -158,15 +197,19 @@ def div(a: torch.Tensor, q: float) -> torch.Tensor:
     return a / torch.tensor(q, dtype=a.dtype, device=a.device)
 
 
-def fp32_scale(amax: torch.Tensor, qmax: float):
-    """s = amax / qmax in float32 (1 when amax or s is 0); r = min(1/s, FLT_MAX)."""
+def fp32_scale(amax: torch.Tensor, qmax: float, nonfinite: str = "raise"):
+    """s = amax / qmax in float32 (1 when amax or s is 0); r = min(1/s, FLT_MAX).
+    A negative amax is refused; a NaN/Inf one too unless nonfinite="nan" (see `check_amax`)."""
+    amax, qmax = check_amax(amax, nonfinite=nonfinite), _check_qmax(qmax)
     s = div(amax, qmax)
     s = torch.where((amax == 0) | (s == 0), torch.ones_like(s), s)
     return s, torch.clamp(1.0 / s, max=FLT_MAX)
 
 
-def pow2_scale(amax: torch.Tensor, qmax: float):
-    """s = 2^ceil(log2(amax / qmax)), k clamped to [-126, 127]; amax == 0 gives s = 1."""
+def pow2_scale(amax: torch.Tensor, qmax: float, nonfinite: str = "raise"):
+    """s = 2^ceil(log2(amax / qmax)), k clamped to [-126, 127]; amax == 0 gives s = 1.
+    A negative amax is refused; a NaN/Inf one too unless nonfinite="nan" (see `check_amax`)."""
+    amax, qmax = check_amax(amax, nonfinite=nonfinite), _check_qmax(qmax)
     d = div(amax, qmax)
     k = torch.where(d > 0, ceil_log2(torch.where(d > 0, d, 1.0)), -126).clamp(-126, 127)
     k = torch.where(amax == 0, 0, k)
@@ -182,10 +225,12 @@ def mx_element(fmt) -> tuple[float, int, int]:
     return fmt.max, math.frexp(fmt.max)[1] - 1, fmt.mbits
 
 
-def e8m0_scale(amax: torch.Tensor, fmt, rule: str = "floor"):
+def e8m0_scale(amax: torch.Tensor, fmt, rule: str = "floor", nonfinite: str = "raise"):
     """The E8M0 byte b of each block by rule floor/ceil/even/rceil; s = 2^(b-127), r = 2^(127-b).
 
-    A non-finite amax gives b = 0xFF (NaN) and s = NaN."""
+    A negative amax is refused; a NaN/Inf one too, unless nonfinite="nan": then b = 0xFF (NaN)
+    and s = NaN."""
+    amax = check_amax(amax, nonfinite=nonfinite)
     qmax, emax, mbits = mx_element(fmt)
     a = torch.where(torch.isfinite(amax), amax, 0.0)
     bits = a.view(torch.int32)
@@ -215,11 +260,15 @@ def e8m0_values(b: torch.Tensor) -> torch.Tensor:
     return torch.where(b == 255, float("nan"), exp2i(b - 127))
 
 
-def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float):
+def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float,
+                nonfinite: str = "raise"):
     """Two-level scales (TransformerEngine's NVFP4): E4M3 block codes, FP32 tensor scale s_t.
 
     Returns (code_b, s_t, t_b, r): t_b = decode(code_b) * s_t is the block's whole scale and
-    r = min(1 / t_b, FLT_MAX) its encoding multiplier. No lower clamp on the block scale."""
+    r = min(1 / t_b, FLT_MAX) its encoding multiplier. No lower clamp on the block scale.
+    Negative amaxes are refused; NaN/Inf ones too unless nonfinite="nan"."""
+    amax_b = check_amax(amax_b, "amax_b", nonfinite)
+    amax_t, qmax = check_amax(amax_t, "amax_t", nonfinite), _check_qmax(qmax)
     s_t = div(amax_t.to(torch.float32), 448.0 * qmax)
     s_t = torch.where((amax_t == 0) | (s_t == 0), torch.ones_like(s_t), s_t)
     s_b = div(amax_b, qmax) / s_t
@@ -231,8 +280,15 @@ def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float):
     return code_b, s_t, t_b, torch.clamp(1.0 / t_b, max=FLT_MAX)
 
 
-def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float):
-    """Asymmetric INT scale and zero point from a group's range [min(x, 0), max(x, 0)]."""
+def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float, nonfinite: str = "raise"):
+    """Asymmetric INT scale and zero point from a group's range [min(x, 0), max(x, 0)].
+    NaN/Inf bounds are refused unless nonfinite="nan" (quantize marks those groups bad)."""
+    qmax = _check_qmax(qmax)
+    for name, t in (("lo", lo), ("hi", hi)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {type(t).__name__}")
+        if nonfinite == "raise" and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} has NaN or Inf values: the group range must be finite")
     lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
     span = hi - lo                     # beyond FLT_MAX for a range near both fp32 ends:
     span = torch.where(torch.isinf(span) & torch.isfinite(lo) & torch.isfinite(hi),
@@ -247,6 +303,7 @@ def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float):
 def qmax_of(recipe) -> float:
     """The largest magnitude the scale maps amax to: the format max; 2^(b-1)-1 for INT; MX INT
     fixed point; 2^b - 1 for asymmetric (unsigned) INT."""
+    recipe = as_recipe(recipe)
     fmt = recipe.format
     if recipe.mx_int8:
         return mx_element(fmt)[0]
@@ -259,6 +316,18 @@ def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
     scales (stored form, keepdim), tensor_scale (NVFP4-style recipes), zero_point (asymmetric),
     s (float32 dequantization scale, keepdim), r (encoding multiplier, keepdim), bad (groups
     with a non-finite amax, keepdim)."""
+    recipe = as_recipe(recipe)
+    if not isinstance(xb, torch.Tensor) or not xb.is_floating_point():
+        raise TypeError(f"compute_scale takes a floating-point tensor (the blocked view from "
+                        f"`blocked(x, recipe)`), got {getattr(xb, 'dtype', type(xb).__name__)}")
+    if xb.is_meta:
+        raise ValueError("compute_scale: x is on the 'meta' device (no values): scales need data")
+    dims = (dims,) if isinstance(dims, int) else dims
+    if not (isinstance(dims, (tuple, list)) and all(
+            isinstance(d, int) and -xb.dim() <= d < max(xb.dim(), 1) for d in dims)):
+        raise ValueError(f"dims={dims!r}: the dimensions of xb ({xb.dim()}-D) each scale "
+                         f"spans, as `blocked(x, recipe)` returns them")
+    dims = tuple(d % max(xb.dim(), 1) for d in dims)
     fmt, qmax = recipe.format, qmax_of(recipe)
     out = {"tensor_scale": None, "zero_point": None}
     if recipe.asymmetric:
@@ -267,7 +336,7 @@ def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
             lo = hi = torch.zeros(keep, dtype=torch.float32, device=xb.device)
         else:
             lo, hi = xb.amin(dims, keepdim=True), xb.amax(dims, keepdim=True)
-        s, r, z = asym_scale(lo, hi, qmax)
+        s, r, z = asym_scale(lo, hi, qmax, nonfinite="nan")
         bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
         s = torch.where(bad, float("nan"), s)
         z = torch.where(bad, 0.0, z)
@@ -277,15 +346,15 @@ def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
     bad = ~torch.isfinite(amax)
     sf = recipe.scale_format
     if sf == "fp32":
-        s, r = fp32_scale(amax, qmax)
+        s, r = fp32_scale(amax, qmax, nonfinite="nan")
         s = torch.where(bad, float("nan"), s)
         out.update(scales=s, s=s, r=r)
     elif sf == "pow2":
-        s, r = pow2_scale(amax, qmax)
+        s, r = pow2_scale(amax, qmax, nonfinite="nan")
         s = torch.where(bad, float("nan"), s)
         out.update(scales=s, s=s, r=r)
     elif sf == "e8m0":
-        b, s, r = e8m0_scale(amax, fmt, recipe.scale_rule)
+        b, s, r = e8m0_scale(amax, fmt, recipe.scale_rule, nonfinite="nan")
         out.update(scales=b, s=s, r=r)
     else:
         rows = xb.reshape(1, -1)
@@ -295,7 +364,7 @@ def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
             amax_t = amax.amax()
         else:
             amax_t = checked_amax(recipe.calibrator(rows, -1), 1).reshape(())
-        code_b, s_t, t_b, r = nvfp4_scale(amax, amax_t, qmax)
+        code_b, s_t, t_b, r = nvfp4_scale(amax, amax_t, qmax, nonfinite="nan")
         bad = bad | ~torch.isfinite(amax_t)
         out.update(scales=code_b, tensor_scale=s_t, s=t_b, r=r)
     out["bad"] = bad

@@ -237,8 +237,17 @@ def fp8_linear(x: torch.Tensor, w, bias: torch.Tensor | None = None,
                path: str = "auto") -> torch.Tensor:
     """A W8A8 linear layer, y = x @ w^T (+ bias): the activations x (..., K) are quantized on
     the fly with `recipe`, w is an FP8 QuantizedTensor (N, K) or a float weight quantized with
-    the same recipe; FP32 accumulation, `out_dtype` output."""
+    the same recipe; FP32 accumulation, `out_dtype` output. Inference only: with autograd
+    on, an input that requires grad is refused (the result would have no gradient); train with
+    `quantlib.nn.FP8Linear` (FP8 GEMMs in forward and backward) or call under torch.no_grad()."""
     _check_input(x)
+    grads = [n for n, t in (("x", x), ("w", w), ("bias", bias))
+             if isinstance(t, torch.Tensor) and t.requires_grad]
+    if grads and torch.is_grad_enabled():
+        raise ValueError(f"fp8_linear: {', '.join(grads)} requires grad, but this W8A8 GEMM is "
+                         f"inference-only (no backward: the result would silently carry no "
+                         f"gradient); call it under torch.no_grad(), pass .detach(), or train "
+                         f"with quantlib.nn.FP8Linear")
     if not isinstance(w, QuantizedTensor):
         _check_input(w, "w")
         w = fp8_quantize(w, recipe, path=path)
@@ -286,6 +295,9 @@ def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
                         f"{getattr(x, 'dtype', type(x).__name__)}; use x.to(torch.bfloat16)")
     if not x.is_contiguous():
         raise ValueError(f"{what}: x is not contiguous: pass x.contiguous()")
+    if x.dim() == 0:
+        raise ValueError(f"{what}: x is a scalar; it must be (..., K) activations, e.g. "
+                         f"x.reshape(1, -1)")
     if len(w.shape) != 2:
         raise ValueError(f"{what}: w must be a 2-D (N, K) weight, got {tuple(w.shape)}")
     N, K = w.shape

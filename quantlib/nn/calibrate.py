@@ -19,42 +19,55 @@ from quantlib.recipes import get_recipe
 from quantlib.scaling import max_calibrator  # the default: amax = max |x|, nothing clips
 
 
-def percentile_calibrator(p: float = 99.9) -> Callable:
-    """amax = the p-th percentile of |x| in each row (p = 100 is max)."""
-    if not 0 < p <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {p}")
+class PercentileCalibrator:
+    """amax = the p-th percentile of |x| in each row (a module-level class, so that models whose
+    recipes hold one pickle with torch.save). A row with NaN or Inf gets max |x| (NaN or Inf):
+    a bad group, as with the default calibrator, never a finite amax that hides it."""
 
-    def calibrate(rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    def __init__(self, p: float = 99.9):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 100:
+            raise ValueError(f"percentile must be a number in (0, 100], got {p!r}")
+        self.p = float(p)
+        self.__name__ = f"percentile_{p:g}"
+
+    def __call__(self, rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
         a = rows.abs().sort(dim).values
         n = a.shape[dim]
         if n == 0:
             return a.sum(dim)
         # linear interpolation between order statistics, as numpy.percentile does
-        pos = (n - 1) * p / 100.0
+        pos = (n - 1) * self.p / 100.0
         lo, frac = int(pos), pos - int(pos)
         hi = min(lo + 1, n - 1)
-        return a.select(dim, lo) * (1 - frac) + a.select(dim, hi) * frac
+        out = a.select(dim, lo) * (1 - frac) + a.select(dim, hi) * frac
+        finite = torch.isfinite(rows).all(dim)
+        return torch.where(finite, out, rows.abs().amax(dim))
 
-    calibrate.__name__ = f"percentile_{p:g}"
-    return calibrate
+    def __repr__(self) -> str:
+        return f"percentile_calibrator({self.p:g})"
 
 
-def mse_calibrator(recipe, grid: Iterable[float] | None = None) -> Callable:
-    """amax = alpha * max |x| per row, alpha from `grid` minimising the row's squared error.
+def percentile_calibrator(p: float = 99.9) -> Callable:
+    """amax = the p-th percentile of |x| in each row (p = 100 is max)."""
+    return PercentileCalibrator(p)
 
-    Each candidate is scored by quantizing the rows with the recipe's own arithmetic (one row is
-    one scale group), so scale rounding (E8M0, E4M3) is part of the search. For two-level
-    recipes (NVFP4) only the block scales are searched; the tensor scale keeps max |x|.
-    """
-    from quantlib.qtensor import quantize
 
-    recipe = get_recipe(recipe)
-    alphas = torch.tensor(list(grid) if grid is not None else
-                          [1.0 - 0.025 * i for i in range(21)], dtype=torch.float32)
-    if alphas.numel() == 0 or (alphas <= 0).any() or (alphas > 1).any():
-        raise ValueError("MSE grid values must lie in (0, 1]")
+class MSECalibrator:
+    """amax = alpha * max |x| per row, alpha from a grid minimising the row's squared error
+    (see `mse_calibrator`); a module-level class so that it pickles."""
 
-    def calibrate(rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    def __init__(self, recipe, grid: Iterable[float] | None = None):
+        self.recipe = get_recipe(recipe)
+        self.alphas = torch.tensor(list(grid) if grid is not None else
+                                   [1.0 - 0.025 * i for i in range(21)], dtype=torch.float32)
+        if self.alphas.numel() == 0 or not bool(((self.alphas > 0) & (self.alphas <= 1)).all()):
+            raise ValueError("MSE grid values must lie in (0, 1]")
+        self.__name__ = f"mse_{self.recipe.name}"
+
+    def __call__(self, rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        from quantlib.qtensor import quantize
+
+        recipe = self.recipe
         rows = rows.movedim(dim, -1).float()
         amax = rows.abs().amax(-1)
         if recipe.scale_format == "e4m3" and rows.shape[0] == 1 and rows.shape[1] > recipe.block:
@@ -69,7 +82,7 @@ def mse_calibrator(recipe, grid: Iterable[float] | None = None) -> Callable:
                                              pad=False)
         best_err = torch.full_like(amax, float("inf"))
         best = amax.clone()
-        for a in alphas:
+        for a in self.alphas:
             cand = amax * a
             r = dataclasses.replace(row_recipe, calibrator=fixed_amax(cand, amax.max()))
             err = (quantize(rows, r).dequantize() - rows).square().sum(-1)
@@ -78,24 +91,34 @@ def mse_calibrator(recipe, grid: Iterable[float] | None = None) -> Callable:
             best = torch.where(better, cand, best)
         return best
 
-    calibrate.__name__ = f"mse_{recipe.name}"
-    return calibrate
+    def __repr__(self) -> str:
+        return f"mse_calibrator({self.recipe.name!r})"
 
 
-def fixed_amax(amax, tensor_amax=None) -> Callable:
-    """A calibrator that returns a given amax (static scales): a number, or one per scale group.
+def mse_calibrator(recipe, grid: Iterable[float] | None = None) -> Callable:
+    """amax = alpha * max |x| per row, alpha from `grid` minimising the row's squared error.
 
-    Two-level recipes (NVFP4) ask once more, for the tensor amax, with the whole tensor as one
-    row: `tensor_amax` answers that call."""
-    amax = torch.as_tensor(amax, dtype=torch.float32).reshape(-1)
-    if tensor_amax is not None:
-        tensor_amax = torch.as_tensor(tensor_amax, dtype=torch.float32).reshape(1)
+    Each candidate is scored by quantizing the rows with the recipe's own arithmetic (one row is
+    one scale group), so scale rounding (E8M0, E4M3) is part of the search. For two-level
+    recipes (NVFP4) only the block scales are searched; the tensor scale keeps max |x|.
+    """
+    return MSECalibrator(recipe, grid)
 
-    def calibrate(rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
+
+class FixedAmax:
+    """A calibrator that returns a given amax (static scales); see `fixed_amax`. A module-level
+    class so that recipes holding one (GPTQ, LSQ, static activations) pickle."""
+
+    def __init__(self, amax, tensor_amax=None):
+        self.amax = torch.as_tensor(amax, dtype=torch.float32).detach().reshape(-1)
+        self.tensor_amax = None if tensor_amax is None else torch.as_tensor(
+            tensor_amax, dtype=torch.float32).detach().reshape(1)
+
+    def __call__(self, rows: torch.Tensor, dim: int = -1) -> torch.Tensor:
         n = rows.shape[0] if dim in (-1, rows.dim() - 1) else rows.shape[-1]
-        if tensor_amax is not None and n == 1 and amax.numel() != 1:
-            return tensor_amax.to(rows.device)
-        a = amax.to(rows.device)
+        if self.tensor_amax is not None and n == 1 and self.amax.numel() != 1:
+            return self.tensor_amax.to(rows.device)
+        a = self.amax.to(rows.device)
         if a.numel() == 1:
             return a.expand(n)
         if a.numel() != n:
@@ -103,7 +126,16 @@ def fixed_amax(amax, tensor_amax=None) -> Callable:
                              f"scales here: calibrate with the same recipe and shape")
         return a
 
-    return calibrate
+    def __repr__(self) -> str:
+        return f"fixed_amax({self.amax.numel()} values)"
+
+
+def fixed_amax(amax, tensor_amax=None) -> Callable:
+    """A calibrator that returns a given amax (static scales): a number, or one per scale group.
+
+    Two-level recipes (NVFP4) ask once more, for the tensor amax, with the whole tensor as one
+    row: `tensor_amax` answers that call."""
+    return FixedAmax(amax, tensor_amax)
 
 
 def with_calibrator(recipe, calibrator: Callable | None):
@@ -158,8 +190,23 @@ def collect_inputs(model: nn.Module, batches: Iterable, names: Iterable[str] | N
     finally:
         for h in handles:
             h.remove()
-    return {n: torch.cat(v) if v else torch.empty(0, layers[n].in_features)
-            for n, v in seen.items()}
+    out = {n: torch.cat(v) if v else torch.empty(0, layers[n].in_features)
+           for n, v in seen.items()}
+    for n, x in out.items():
+        check_finite_inputs(x, f"the inputs of layer {n!r}")
+    return out
+
+
+def check_finite_inputs(x: torch.Tensor, what: str = "the calibration inputs") -> None:
+    """Calibration data with NaN or Inf is refused, the same way on every path (static scales,
+    SmoothQuant, AWQ, GPTQ): each would otherwise turn it into a NaN scale, all-one smoothing
+    factors or NaN weights without a word."""
+    if x.is_meta:
+        raise ValueError(f"{what} are on the 'meta' device (no values): calibrate with real data")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"{what} contain {int(bad.sum())} NaN or Inf values: clean the "
+                         f"calibration batches (or find the layer that overflows) first")
 
 
 def run_batches(model: nn.Module, batches: Iterable) -> None:

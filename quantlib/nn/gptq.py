@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from quantlib.codecs import decode, encode
-from quantlib.nn.calibrate import element_scales, fixed_amax
+from quantlib.nn.calibrate import check_finite_inputs, element_scales, fixed_amax
 from quantlib.packing import pack_nibbles
 from quantlib.qtensor import QuantizedTensor, quantize
 from quantlib.recipes import get_recipe
@@ -27,9 +27,13 @@ from quantlib.scaling import blocked, group_amax, pad_to_blocks
 
 def hessian(inputs: torch.Tensor) -> torch.Tensor:
     """H = 2 X^T X / n of a layer's inputs X (n rows of in_features), float64 for accuracy."""
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point() or inputs.dim() < 1:
+        raise TypeError(f"hessian takes a floating-point tensor of layer inputs (rows, "
+                        f"in_features), got {getattr(inputs, 'dtype', type(inputs).__name__)}")
     x = inputs.reshape(-1, inputs.shape[-1]).double()
     if len(x) == 0:
         raise ValueError("GPTQ needs calibration inputs: got 0 rows for this layer")
+    check_finite_inputs(x, "GPTQ's calibration inputs")
     return 2.0 * x.T @ x / len(x)
 
 
@@ -72,9 +76,21 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, recipe, block_size: int
     Returns (QuantizedTensor, dequantized float32 weight). `damp` adds damp * mean(diag H) to the
     diagonal (numerical stability); inputs that are always zero get their weights zeroed."""
     recipe = get_recipe(recipe)
+    if not isinstance(weight, torch.Tensor) or not isinstance(H, torch.Tensor):
+        raise TypeError(f"gptq_quantize takes tensors weight and H, got "
+                        f"{type(weight).__name__} and {type(H).__name__}")
     if weight.dim() != 2 or H.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(f"need a 2-D weight (N, K) and a (K, K) Hessian, got "
                          f"{tuple(weight.shape)} and {tuple(H.shape)}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size={block_size!r}: GPTQ's lazy-update block is a positive "
+                         f"number of columns (128 is usual)")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp < 1e6 \
+            or damp != damp:
+        raise ValueError(f"damp={damp!r}: the dampening is a non-negative fraction of the mean "
+                         f"Hessian diagonal (0.01 is usual; raise it if H is singular)")
+    check_finite_inputs(weight.detach(), "the weight")
+    check_finite_inputs(H.detach(), "the Hessian H")
     k = weight.shape[1]
     W = weight.detach().float().clone()
     H = H.detach().double().clone()
@@ -91,7 +107,15 @@ def gptq_quantize(weight: torch.Tensor, H: torch.Tensor, recipe, block_size: int
     # upper Cholesky factor of H^-1: row i holds the update of columns >= i (OBS in closed form);
     # the factorisations in float64, the column loop in float32 (as the reference GPTQ code)
     eye = torch.eye(k, dtype=H.dtype)
-    Hinv = torch.linalg.cholesky(torch.cholesky_solve(eye, torch.linalg.cholesky(H)), upper=True)
+    try:
+        Hinv = torch.linalg.cholesky(torch.cholesky_solve(eye, torch.linalg.cholesky(H)),
+                                     upper=True)
+        if not bool(torch.isfinite(Hinv).all()):
+            raise torch.linalg.LinAlgError("non-finite inverse")
+    except torch.linalg.LinAlgError:
+        raise ValueError(f"GPTQ: the dampened Hessian is not positive definite (damp={damp}); "
+                         f"raise damp (e.g. gptq_options={{'damp': 0.1}}) or calibrate on more "
+                         f"varied inputs") from None
     Hinv = Hinv.float()
 
     Q = torch.zeros_like(W)

@@ -32,6 +32,15 @@ class QuantConfig:
     activation: Recipe | None = None
     description: str = ""
 
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise TypeError(f"QuantConfig.name must be a str, got {self.name!r}")
+        if self.weight is None:
+            raise TypeError("QuantConfig.weight is a Recipe or a recipe name, got None")
+        object.__setattr__(self, "weight", get_recipe(self.weight))      # names accepted
+        if self.activation is not None:
+            object.__setattr__(self, "activation", get_recipe(self.activation))
+
     @property
     def bits(self) -> str:
         w = self.weight.format.bits
@@ -79,15 +88,16 @@ def get_config(config) -> QuantConfig:
         return CONFIGS[config.strip().lower()]
     try:
         r = get_recipe(config)
-    except ValueError:
-        raise ValueError(f"unknown quantization config {config!r}: use a QuantConfig, one of "
-                         f"{', '.join(CONFIGS)}, or a recipe name (weight-only)") from None
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"unknown quantization config {config!r}: use a QuantConfig, one of "
+                      f"{', '.join(CONFIGS)}, or a recipe name (weight-only)") from None
     return QuantConfig(r.name, r, None, r.description)
 
 
 def supports_static(recipe: Recipe | None) -> bool:
     """Whether an activation recipe can take a static (calibrated) amax: one symmetric scale
     for the whole tensor. Per-token and block scales are computed from each input."""
+    recipe = None if recipe is None else get_recipe(recipe)
     return recipe is not None and recipe.granularity == "tensor" and not recipe.asymmetric \
         and recipe.scale_format in ("fp32", "pow2")
 
@@ -95,6 +105,7 @@ def supports_static(recipe: Recipe | None) -> bool:
 def static_recipe(recipe: Recipe, amax: torch.Tensor) -> Recipe:
     """The activation recipe with a fixed (calibrated) amax: a static scale."""
     from quantlib.nn.calibrate import fixed_amax
+    recipe = get_recipe(recipe)
     if not supports_static(recipe):
         raise ValueError(f"static activation scales need a symmetric per-tensor recipe with an "
                          f"FP32 scale; {recipe.name!r} computes its scales from each input")
@@ -129,6 +140,21 @@ class QuantLinear(nn.Module):
                              if static_activation else None)
         self.register_buffer("smooth", torch.ones(in_features, device=device) if smooth else None)
         self.register_buffer("rotation", torch.eye(rotation, device=device) if rotation else None)
+
+    # float buffers that are part of the stored numbers, not of the compute dtype
+    _EXACT_BUFFERS = ("weight_scales", "weight_tensor_scale", "act_amax", "smooth", "rotation")
+
+    def _apply(self, fn, recurse=True):
+        """`.half()`, `.bfloat16()`, `.to(dtype)` change the compute dtype only (the bias, and
+        the dtype of the dequantized weight, which follows the input): scales, tensor scale,
+        act_amax, smoothing factors and rotation stay float32, exact; devices move as usual."""
+        kept = {n: self._buffers.get(n) for n in self._EXACT_BUFFERS}
+        out = super()._apply(fn, recurse)
+        for n, t in kept.items():
+            new = self._buffers.get(n)
+            if t is not None and new is not None and new.dtype != t.dtype:
+                self._buffers[n] = t.to(device=new.device)
+        return out
 
     def _set_weight(self, qt: QuantizedTensor) -> None:
         for name in ("codes", "scales", "tensor_scale", "zero_point"):
@@ -224,6 +250,9 @@ class QuantLinear(nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"input of shape {tuple(x.shape)}: the layer takes (..., "
                              f"{self.in_features})")
+        if x.device != self.weight_codes.device:
+            raise ValueError(f"input on {x.device}, layer on {self.weight_codes.device}: move "
+                             f"one of them with .to(device)")
         path = kernel_path(x.device)
         if path not in ("reference", "interpreter"):     # the interpreter is for kernel tests
             y = _kernel_forward(self, x, path)

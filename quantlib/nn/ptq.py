@@ -8,7 +8,9 @@ where the bytes went, scales included; `compare_ptq` makes the results tables of
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -31,6 +33,8 @@ from quantlib.nn.transforms import (
     transformed_weight,
 )
 from quantlib.qtensor import quantize
+from quantlib.recipes import padded_last_dim
+from quantlib.scaling import pad_to_blocks
 from quantlib.table import Table
 
 
@@ -91,6 +95,28 @@ def calibration_batches(calibration) -> list | None:
     return batches
 
 
+def undivided_layers(model: nn.Module, names, config) -> list[str]:
+    """The layers among `names` whose shape the config's blocks do not divide (weight: in and,
+    for 2-D blocks, out features; activations: in features)."""
+    cfg, layers, out = get_config(config), linear_layers(model), []
+    for n in names:
+        lin = layers[n]
+        try:
+            pad_to_blocks(torch.empty(lin.out_features, lin.in_features, device="meta"),
+                          cfg.weight)
+            ok = cfg.activation is None or cfg.activation.pad or \
+                padded_last_dim(cfg.activation, (lin.in_features,)) == lin.in_features
+        except ValueError:
+            ok = False
+        if not ok:
+            out.append(n)
+    return out
+
+
+def _padded(recipe):
+    return None if recipe is None else dataclasses.replace(recipe, pad=True)
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -101,7 +127,7 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                    act_calibrator: str | Callable | None = None, method: str = "rtn",
                    inplace: bool = False, gptq_options: dict | None = None,
                    rotate: int = 0, smooth: str | None = None,
-                   smooth_alpha: float = 0.5) -> nn.Module:
+                   smooth_alpha: float = 0.5, pad: bool = False) -> nn.Module:
     """Quantize every nn.Linear of `model` (a copy unless inplace) with `config`.
 
     config: a QuantConfig, a name of `CONFIGS` ("w8a8_fp8", "nvfp4_w4a4", ...) or a recipe name
@@ -116,6 +142,10 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     migration strength smooth_alpha) or "awq" (factors from mean |x|, strength searched per
     layer), from every layer's inputs in one pass of the FP32 model over `calibration`. Static
     activation scales and GPTQ see the transformed inputs.
+    A layer whose width the blocks do not divide (a 1000-wide layer under "int4_g128") is
+    zero-padded to whole blocks with pad=True; by default it stays in full precision, and one
+    warning lists those layers. A linear module registered under several names (shared, tied)
+    becomes one QuantLinear under all of them.
     """
     cfg = get_config(config)
     if method not in ("rtn", "gptq"):
@@ -136,8 +166,23 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                          f"the activations each layer sees")
     H = random_hadamard_matrix(rotate) if rotate else None
     calibration = calibration_batches(calibration)
+    if not isinstance(pad, bool):
+        raise TypeError(f"pad={pad!r}: use True (zero-pad layers to whole blocks) or False")
+    if pad:
+        cfg = QuantConfig(cfg.name, _padded(cfg.weight), _padded(cfg.activation),
+                          cfg.description)
     model = model if inplace else copy.deepcopy(model)
     names = select_layers(model, skip)
+    undivided = undivided_layers(model, names, cfg)
+    if undivided and len(undivided) == len(names):
+        raise ValueError(f"the blocks of {cfg.name!r} divide none of the layers' widths "
+                         f"({undivided[:8]}): pass pad=True to zero-pad them to whole blocks, "
+                         f"or use a config with smaller blocks")
+    if undivided:
+        warnings.warn(f"quantize_model: {len(undivided)} layers left in full precision, their "
+                      f"widths are not multiples of the {cfg.name!r} blocks: {undivided}; pass "
+                      f"pad=True to zero-pad them to whole blocks", stacklevel=2)
+        names = [n for n in names if n not in undivided]
     layers = linear_layers(model)
     w_recipe = with_calibrator(cfg.weight, _calibrator(weight_calibrator, cfg.weight))
     cfg_w = QuantConfig(cfg.name, w_recipe, cfg.activation, cfg.description)
@@ -154,6 +199,7 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     sequential = gptq_options.pop("sequential", True) and smooth is None
     inputs = collect_inputs(model, calibration, names) if smooth is not None or (
         static and transformed) or (method == "gptq" and not sequential) else {}
+    swapped = {}
     for name in names:
         lin = layers[name]
         H = None if H is None else H.to(lin.weight.device)
@@ -179,6 +225,10 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                              f"leave the layer in full precision with skip=[{name!r}]") from None
         _replace(model, name, QuantLinear.from_linear(lin, cfg_w, qweight, act_amax.get(name),
                                                       smooth=s, rotation=H))
+        swapped[id(lin)] = model.get_submodule(name)
+    for name, m in list(model.named_modules(remove_duplicate=False)):   # the other aliases
+        if id(m) in swapped:
+            _replace(model, name, swapped[id(m)])
     return model
 
 

@@ -174,10 +174,19 @@ class QATLinear(nn.Linear):
 
 
 def _swap(model: nn.Module, names, make) -> None:
+    """Replace each named module by make(name, module); a module registered under several
+    names (shared, tied) becomes one new module under all of them."""
+    made = {}
     for name in names:
         parent, _, child = name.rpartition(".")
         owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, make(name, getattr(owner, child)))
+        old = getattr(owner, child)
+        made[id(old)] = (old, make(name, old))       # old kept alive: its id stays unique
+        setattr(owner, child, made[id(old)][1])
+    for name, m in list(model.named_modules(remove_duplicate=False)):
+        if id(m) in made and made[id(m)][0] is m:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, made[id(m)][1])
 
 
 def prepare_qat(model: nn.Module, config, skip=None, calibration=None, act_calibrator=None,

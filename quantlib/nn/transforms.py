@@ -54,6 +54,9 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
     if x.shape[0] == 0:
         raise ValueError("no calibration inputs reached this layer: the smoothing factors "
                          "need at least one token")
+    from quantlib.nn.calibrate import check_finite_inputs
+    check_finite_inputs(x, "the calibration inputs x")
+    check_finite_inputs(weight, "the weight")
 
 
 def smoothquant_factors(x: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
