@@ -2,9 +2,10 @@
 training memory by component and strategy, sharding across GPUs, and a tracker that measures a
 real training step (plus FSDP2 on CPU ranks) to check the predictions.
 
-- config.py: `ModelConfig` (from a Hugging Face config.json dict), presets, `param_count`
+- config.py: `ModelConfig` (from a Hugging Face config.json dict; dense, MoE and MLA), presets,
+  `param_count` (total, or active per token)
 - inference.py: storage formats with block-scale overhead, `inference_memory`, `kv_cache_memory`
-- activations.py: the tensors a Llama block saves for backward (Korthikanti et al. 2022's method)
+- activations.py: the tensors a decoder block saves for backward (Korthikanti et al. 2022's method)
 - training.py: `training_memory` for PTQ/QAT/QT, DP/ZeRO-1/2/3/FSDP
 - model.py, tracker.py, fsdp.py: the measured side
 - plots.py: the chapter's figures (matplotlib, imported on use)
@@ -17,10 +18,14 @@ from quantlib.memory.activations import (
     saved_tensors,
 )
 from quantlib.memory.config import (
+    HARMLESS_KEYS,
+    MODEL_TYPES,
+    MOE_PRESETS,
     PRESETS,
     ModelConfig,
     get_model_config,
     linear_param_count,
+    linear_weight_count,
     param_breakdown,
     param_count,
     preset_table,
@@ -35,6 +40,7 @@ from quantlib.memory.inference import (
     inference_table,
     kv_cache_memory,
     kv_cache_table,
+    moe_table,
     scale_overhead_table,
     storage_format,
 )
@@ -62,6 +68,7 @@ from quantlib.memory.training import (
 from quantlib.memory.units import GB, GiB, format_bytes, to_unit
 
 __all__ = [
+    "HARMLESS_KEYS", "MODEL_TYPES", "MOE_PRESETS", "linear_weight_count", "moe_table",
     "GB", "OPTIMIZERS", "PRESETS", "SHARDING", "STORAGE_FORMATS", "STRATEGIES", "GiB",
     "InferenceMemory", "LlamaDecoder", "MeasuredMemory", "ModelConfig", "SavedTensor",
     "StorageFormat", "TrainingMemory", "activation_memory", "activation_table", "bits_per_element",

@@ -254,7 +254,11 @@ HARMLESS_KEYS = frozenset({
     "quantization_config",
     # DeepSeek-V3's multi-token-prediction module: shipped in the checkpoint, not part of the
     # main model (transformers does not build it; the model card's 671B excludes it).
-    "num_nextn_predict_layers",
+    "num_nextn_predict_layers", "num_mtp_layers",
+    # Generic PretrainedConfig attributes (heads for other tasks, output switches).
+    "id2label", "label2id", "problem_type", "is_encoder_decoder", "chunk_size_feed_forward",
+    "output_attentions", "output_hidden_states", "return_dict", "torchscript",
+    "tokenizer_class", "use_bidirectional_attention",
 })
 # Keys read straight into fields of the same name.
 _DIRECT = frozenset({"hidden_size", "intermediate_size", "num_hidden_layers",
@@ -281,14 +285,19 @@ def _qwen3(cfg):
     return {**_llama_rules(cfg), "qk_norm": True}
 
 
-def _req(cfg, key):
-    if cfg.get(key) is None:
+def _req(cfg, key, *aliases):
+    """cfg[key], or the same value under one of its aliases (transformers renames some keys
+    between versions: Qwen3-MoE's num_experts is num_local_experts in transformers 5)."""
+    found = {k: cfg[k] for k in (key, *aliases) if cfg.get(k) is not None}
+    if not found:
         raise ValueError(f"a {cfg.get('model_type')} config.json needs {key!r}")
-    return cfg[key]
+    if len(set(found.values())) > 1:
+        raise ValueError(f"config.json disagrees with itself: {found}")
+    return next(iter(found.values()))
 
 
 def _mixtral(cfg):
-    return {"num_experts": _req(cfg, "num_local_experts"),
+    return {"num_experts": _req(cfg, "num_local_experts", "num_experts"),
             "num_experts_per_tok": _req(cfg, "num_experts_per_tok")}
 
 
@@ -302,7 +311,7 @@ def _qwen_moe_layers(cfg):
 
 def _qwen2_moe(cfg):
     return {"attention_bias": bool(cfg.get("qkv_bias", True)),
-            "num_experts": _req(cfg, "num_experts"), "num_experts_per_tok": _req(cfg, "num_experts_per_tok"),
+            "num_experts": _req(cfg, "num_experts", "num_local_experts"), "num_experts_per_tok": _req(cfg, "num_experts_per_tok"),
             "moe_intermediate_size": _req(cfg, "moe_intermediate_size"),
             "shared_expert_intermediate_size": cfg.get("shared_expert_intermediate_size") or 0,
             "shared_expert_gate": bool(cfg.get("shared_expert_intermediate_size")),
@@ -313,7 +322,7 @@ def _qwen3_moe(cfg):
     if cfg.get("shared_expert_intermediate_size"):
         raise ValueError("Qwen3-MoE has no shared experts, but the config gives "
                          "shared_expert_intermediate_size: is model_type right?")
-    return {**_llama_rules(cfg), "qk_norm": True, "num_experts": _req(cfg, "num_experts"),
+    return {**_llama_rules(cfg), "qk_norm": True, "num_experts": _req(cfg, "num_experts", "num_local_experts"),
             "num_experts_per_tok": _req(cfg, "num_experts_per_tok"),
             "moe_intermediate_size": _req(cfg, "moe_intermediate_size"),
             "dense_layers": _qwen_moe_layers(cfg)}
@@ -330,9 +339,13 @@ def _deepseek(router_bias):
                "qk_rope_head_dim": _req(cfg, "qk_rope_head_dim"), "v_head_dim": _req(cfg, "v_head_dim"),
                "attention_bias": bias, "o_proj_bias": bias,
                "mlp_bias": bool(cfg.get("mlp_bias") or False)}
-        if cfg.get("n_routed_experts"):
+        if "qk_head_dim" in cfg and cfg["qk_head_dim"] != (out["qk_nope_head_dim"]
+                                                           + out["qk_rope_head_dim"]):
+            raise ValueError(f"qk_head_dim {cfg['qk_head_dim']} is not qk_nope_head_dim + "
+                             f"qk_rope_head_dim")
+        if cfg.get("n_routed_experts") or cfg.get("num_local_experts"):
             k = min(cfg.get("first_k_dense_replace", 0), cfg["num_hidden_layers"])
-            out.update(num_experts=cfg["n_routed_experts"],
+            out.update(num_experts=_req(cfg, "n_routed_experts", "num_local_experts"),
                        num_experts_per_tok=_req(cfg, "num_experts_per_tok"),
                        moe_intermediate_size=_req(cfg, "moe_intermediate_size"),
                        shared_expert_intermediate_size=(cfg.get("n_shared_experts") or 0)
@@ -350,14 +363,14 @@ _ARCH_RULES = {None: _llama_rules, "llama": _llama_rules, "gemma": _llama_rules,
 _MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim",
              "v_head_dim", "attention_bias", "mlp_bias", "n_routed_experts", "n_shared_experts",
              "num_experts_per_tok", "moe_intermediate_size", "first_k_dense_replace",
-             "moe_layer_freq")
-_QWEN_MOE_KEYS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size",
+             "moe_layer_freq", "num_local_experts", "qk_head_dim")
+_QWEN_MOE_KEYS = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
                   "decoder_sparse_step", "mlp_only_layers")
 _HF_READERS = {
     None: ("attention_bias", "mlp_bias"), "llama": ("attention_bias", "mlp_bias"),
     "gemma": ("attention_bias", "mlp_bias"), "qwen3": ("attention_bias", "mlp_bias"),
     "mistral": (), "qwen2": ("attention_bias",),
-    "mixtral": ("num_local_experts", "num_experts_per_tok"),
+    "mixtral": ("num_local_experts", "num_experts", "num_experts_per_tok"),
     "qwen2_moe": (*_QWEN_MOE_KEYS, "shared_expert_intermediate_size", "qkv_bias"),
     "qwen3_moe": (*_QWEN_MOE_KEYS, "attention_bias", "mlp_bias",
                   "shared_expert_intermediate_size"),
