@@ -311,10 +311,12 @@ def _qwen_moe_layers(cfg):
 
 def _qwen2_moe(cfg):
     return {"attention_bias": bool(cfg.get("qkv_bias", True)),
-            "num_experts": _req(cfg, "num_experts", "num_local_experts"), "num_experts_per_tok": _req(cfg, "num_experts_per_tok"),
+            "num_experts": _req(cfg, "num_experts", "num_local_experts"),
+            "num_experts_per_tok": _req(cfg, "num_experts_per_tok"),
             "moe_intermediate_size": _req(cfg, "moe_intermediate_size"),
-            "shared_expert_intermediate_size": cfg.get("shared_expert_intermediate_size") or 0,
-            "shared_expert_gate": bool(cfg.get("shared_expert_intermediate_size")),
+            # every Qwen2-MoE layer has a shared expert and its sigmoid gate
+            "shared_expert_intermediate_size": _req(cfg, "shared_expert_intermediate_size"),
+            "shared_expert_gate": True,
             "dense_layers": _qwen_moe_layers(cfg)}
 
 
@@ -322,7 +324,8 @@ def _qwen3_moe(cfg):
     if cfg.get("shared_expert_intermediate_size"):
         raise ValueError("Qwen3-MoE has no shared experts, but the config gives "
                          "shared_expert_intermediate_size: is model_type right?")
-    return {**_llama_rules(cfg), "qk_norm": True, "num_experts": _req(cfg, "num_experts", "num_local_experts"),
+    return {**_llama_rules(cfg), "qk_norm": True,
+            "num_experts": _req(cfg, "num_experts", "num_local_experts"),
             "num_experts_per_tok": _req(cfg, "num_experts_per_tok"),
             "moe_intermediate_size": _req(cfg, "moe_intermediate_size"),
             "dense_layers": _qwen_moe_layers(cfg)}
@@ -334,9 +337,11 @@ def _deepseek(router_bias):
             raise ValueError(f"moe_layer_freq {cfg['moe_layer_freq']!r}: only 1 (every layer "
                              f"from first_k_dense_replace on is MoE) is modelled")
         bias = bool(cfg.get("attention_bias") or False)
-        out = {"q_lora_rank": cfg.get("q_lora_rank"), "kv_lora_rank": _req(cfg, "kv_lora_rank"),
+        out = {"q_lora_rank": cfg.get("q_lora_rank"),
+               "kv_lora_rank": _req(cfg, "kv_lora_rank"),
                "qk_nope_head_dim": _req(cfg, "qk_nope_head_dim"),
-               "qk_rope_head_dim": _req(cfg, "qk_rope_head_dim"), "v_head_dim": _req(cfg, "v_head_dim"),
+               "qk_rope_head_dim": _req(cfg, "qk_rope_head_dim"),
+               "v_head_dim": _req(cfg, "v_head_dim"),
                "attention_bias": bias, "o_proj_bias": bias,
                "mlp_bias": bool(cfg.get("mlp_bias") or False)}
         if "qk_head_dim" in cfg and cfg["qk_head_dim"] != (out["qk_nope_head_dim"]
@@ -364,8 +369,8 @@ _MLA_KEYS = ("q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_di
              "v_head_dim", "attention_bias", "mlp_bias", "n_routed_experts", "n_shared_experts",
              "num_experts_per_tok", "moe_intermediate_size", "first_k_dense_replace",
              "moe_layer_freq", "num_local_experts", "qk_head_dim")
-_QWEN_MOE_KEYS = ("num_experts", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size",
-                  "decoder_sparse_step", "mlp_only_layers")
+_QWEN_MOE_KEYS = ("num_experts", "num_local_experts", "num_experts_per_tok",
+                  "moe_intermediate_size", "decoder_sparse_step", "mlp_only_layers")
 _HF_READERS = {
     None: ("attention_bias", "mlp_bias"), "llama": ("attention_bias", "mlp_bias"),
     "gemma": ("attention_bias", "mlp_bias"), "qwen3": ("attention_bias", "mlp_bias"),
