@@ -25,6 +25,7 @@ from quantlib.memory import (
     linear_weight_count,
     moe_table,
     param_count,
+    qt_break_even_tokens,
     saved_tensors,
     sharding_table,
     storage_format,
@@ -274,9 +275,26 @@ class TestTraining:
         with pytest.raises(ValueError, match="moment_bytes must be 4"):
             training_memory("Llama-3-8B", moment_bytes=1)
 
+    @pytest.mark.parametrize("name,fmt", [("Llama-3-8B", "FP8"), ("Llama-2-7B", "MXFP8"),
+                                          ("Mixtral-8x7B", "FP8")])
+    def test_qt_break_even(self, name, fmt):
+        n = qt_break_even_tokens(name, fmt)
+
+        def extra(tokens):
+            return (training_memory(name, "qt", 1, tokens, fmt=fmt).total
+                    - training_memory(name, "ptq", 1, tokens, fmt=fmt).total)
+        assert extra(n) <= 0 < extra(n - 1)
+        # the fixed cost over the per-token saving: 2 bytes of FP8 copies per linear weight
+        # against (2h + f - q_dim) bytes per token and layer (dense, FP8: no scales)
+        c = get_model_config(name)
+        if fmt == "FP8" and not c.is_moe:
+            per_token = c.num_hidden_layers * (2 * c.hidden_size + c.intermediate_size - c.q_dim)
+            assert n == math.ceil(2 * linear_weight_count(c) / per_token)
+
     def test_tables(self):
         t = strategy_table("Llama-2-7B", seq_len=1024)
         assert t.column("strategy") == ["ptq", "qat", "qt"]
+        assert "gather buffer" not in t.columns and "weight copies" in t.columns
         s = sharding_table("Llama-2-7B", seq_len=1024, n_gpus=(1, 8))
         dp, z3 = s.rows[0], s.rows[3]
         assert dp[1] == dp[2] and z3[2] < z3[1]

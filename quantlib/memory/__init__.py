@@ -18,6 +18,7 @@ from quantlib.memory.activations import (
     saved_tensors,
 )
 from quantlib.memory.config import (
+    DENSE_PRESETS,
     HARMLESS_KEYS,
     MODEL_TYPES,
     MOE_PRESETS,
@@ -61,6 +62,7 @@ from quantlib.memory.training import (
     TrainingMemory,
     bytes_per_parameter,
     optimizer_state_bytes,
+    qt_break_even_tokens,
     sharding_table,
     strategy_table,
     training_memory,
@@ -68,15 +70,15 @@ from quantlib.memory.training import (
 from quantlib.memory.units import GB, GiB, format_bytes, to_unit
 
 __all__ = [
-    "HARMLESS_KEYS", "MODEL_TYPES", "MOE_PRESETS", "linear_weight_count", "moe_table",
-    "GB", "OPTIMIZERS", "PRESETS", "SHARDING", "STORAGE_FORMATS", "STRATEGIES", "GiB",
-    "InferenceMemory", "LlamaDecoder", "MeasuredMemory", "ModelConfig", "SavedTensor",
-    "StorageFormat", "TrainingMemory", "activation_memory", "activation_table", "bits_per_element",
-    "build_model", "bytes_per_parameter", "compare_table", "cuda_peak_memory", "cuda_peak_table",
-    "format_bytes", "fsdp_table", "get_model_config", "inference_memory", "inference_table",
-    "kv_cache_memory", "kv_cache_table", "layer_activation_memory", "linear_param_count",
-    "measure_fsdp", "measure_training_step", "optimizer_state_bytes", "param_breakdown",
-    "param_count", "predicted_vs_measured", "preset_table", "saved_tensors", "scale_overhead_table",
-    "sharding_table", "storage_bytes", "storage_format", "strategy_table", "to_unit",
-    "training_memory",
+    "DENSE_PRESETS", "GB", "GiB", "HARMLESS_KEYS", "InferenceMemory", "LlamaDecoder",
+    "MODEL_TYPES", "MOE_PRESETS", "MeasuredMemory", "ModelConfig", "OPTIMIZERS", "PRESETS",
+    "SHARDING", "STORAGE_FORMATS", "STRATEGIES", "SavedTensor", "StorageFormat", "TrainingMemory",
+    "activation_memory", "activation_table", "bits_per_element", "build_model",
+    "bytes_per_parameter", "compare_table", "cuda_peak_memory", "cuda_peak_table", "format_bytes",
+    "fsdp_table", "get_model_config", "inference_memory", "inference_table", "kv_cache_memory",
+    "kv_cache_table", "layer_activation_memory", "linear_param_count", "linear_weight_count",
+    "measure_fsdp", "measure_training_step", "moe_table", "optimizer_state_bytes",
+    "param_breakdown", "param_count", "predicted_vs_measured", "preset_table",
+    "qt_break_even_tokens", "saved_tensors", "scale_overhead_table", "sharding_table",
+    "storage_bytes", "storage_format", "strategy_table", "to_unit", "training_memory",
 ]

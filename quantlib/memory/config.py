@@ -560,16 +560,26 @@ def linear_param_count(config: ModelConfig | str) -> int:
 
 
 def preset_table(names: tuple[str, ...] | list[str] = PRESETS) -> Table:
-    """Each preset's shape and parameter count (total, and active per token)."""
+    """Each preset's shape and parameter count; for MoE models the experts per token, the
+    expert width ("MLP") and the active parameters too."""
+    configs = [get_model_config(n) for n in names]
+    moe = any(c.is_moe for c in configs)
     t = Table(["model", "hidden", "layers", "heads", "kv heads", "head dim", "MLP", "vocab",
-               "tied", "experts", "parameters", "active"],
+               "tied", *(["experts"] if moe else []), "parameters", *(["active"] if moe else [])],
               title="Presets (published config.json)")
-    for n in names:
-        c = get_model_config(n)
-        experts = f"{c.num_experts_per_tok} of {c.num_experts}" if c.is_moe else "-"
+    for c in configs:
         head_dim = (f"{c.qk_nope_head_dim}+{c.qk_rope_head_dim}" if c.is_mla else c.head_dim)
-        t.append([c.name, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
-                  "MLA" if c.is_mla else c.num_key_value_heads, head_dim,
-                  c.moe_intermediate_size if c.is_moe else c.intermediate_size, c.vocab_size,
-                  c.tie_word_embeddings, experts, param_count(c), param_count(c, active=True)])
+        row = [c.name, c.hidden_size, c.num_hidden_layers, c.num_attention_heads,
+               "MLA" if c.is_mla else c.num_key_value_heads, head_dim,
+               c.moe_intermediate_size if c.is_moe else c.intermediate_size, c.vocab_size,
+               c.tie_word_embeddings]
+        if moe:
+            row.append(f"{c.num_experts_per_tok} of {c.num_experts}" if c.is_moe else "-")
+        row.append(param_count(c))
+        if moe:
+            row.append(param_count(c, active=True))
+        t.append(row)
     return t
+
+
+DENSE_PRESETS: tuple[str, ...] = tuple(n for n in PRESETS if n not in MOE_PRESETS)

@@ -128,7 +128,7 @@ def storage_format(name: str | StorageFormat, group_size: int | None = None) -> 
         if fmt.block is not None or not get_format(fmt.element).is_int:
             raise ValueError(f"group_size applies to INT8/INT4 (FP32 scale per group); "
                              f"{fmt.name} has its own scaling")
-        fmt = StorageFormat(f"{fmt.name} g{group_size}", fmt.element, "fp32", group_size)
+        fmt = StorageFormat(f"{fmt.name} g{group_size} FP32", fmt.element, "fp32", group_size)
     return fmt
 
 
@@ -218,12 +218,15 @@ def kv_cache_table(config: ModelConfig | str = "Llama-2-7B", batch_size: int = 1
     return t
 
 
-def scale_overhead_table(formats=("FP8", "MXFP8", "MXFP6", "MXFP4", "NVFP4"),
+def scale_overhead_table(formats=("FP8", "MXFP8", "MXFP6", "MXFP4", "NVFP4", "INT4 g128 FP16",
+                                  "INT4 g128 FP16+zp"),
                          group_sizes=(128, 64, 32)) -> Table:
-    """Bits per element of each format: element bits + scale bits / block, and the scales' share
-    of the storage (INT4 with FP32 group scales for each of `group_sizes`)."""
+    """Bits per element of each format: element bits + scale bits / block (zero points
+    included), and the scales' share of the storage (then INT4 with FP32 group scales, as
+    `quantlib.recipes` keeps them, for each of `group_sizes`)."""
     t = Table(["format", "element", "element bits", "scale", "block", "bits/element",
-               "scale overhead %"], title="Block-scale overhead", digits=3)
+               "scale overhead %"], title="Block-scale overhead (zero points included)",
+              digits=3)
     fmts = [storage_format(f) for f in formats]
     fmts += [storage_format("INT4", g) for g in group_sizes]
     for f in fmts:

@@ -203,18 +203,39 @@ def training_memory(config: ModelConfig | str, strategy: str = "ptq", batch_size
         gather_buffer=w * layer_params if level >= 3 and n_gpus > 1 else 0)
 
 
-def _gb_row(m: TrainingMemory) -> list[float]:
-    return [to_unit(getattr(m, c)) for c in TrainingMemory.COMPONENTS] + [to_unit(m.total)]
-
-
 def strategy_table(config: ModelConfig | str, strategies=("ptq", "qat", "qt"), **kw) -> Table:
-    """GB (10^9 bytes) per component for each strategy (keyword arguments: `training_memory`)."""
+    """GB (10^9 bytes) per component for each strategy (keyword arguments: `training_memory`);
+    components that are zero for every strategy are left out."""
     c = _as_config(config)
-    t = Table(["strategy", *[f.replace("_", " ") for f in TrainingMemory.COMPONENTS], "total"],
+    mems = [training_memory(c, s, **kw) for s in strategies]
+    comps = [f for f in TrainingMemory.COMPONENTS if any(getattr(m, f) for m in mems)]
+    t = Table(["strategy", *[f.replace("_", " ") for f in comps], "total"],
               title=f"{c.name}: training memory per GPU, GB", digits=2)
-    for s in strategies:
-        t.append([s, *_gb_row(training_memory(c, s, **kw))])
+    for s, m in zip(strategies, mems):
+        t.append([s, *[to_unit(getattr(m, f)) for f in comps], to_unit(m.total)])
     return t
+
+
+def qt_break_even_tokens(config: ModelConfig | str, fmt: str = "FP8", **kw) -> int:
+    """Tokens per micro-batch (batch_size x seq_len) from which "qt" holds no more memory than
+    "ptq": its low-precision weight copies cost a fixed amount, its low-precision saved inputs
+    save a fixed amount per token (keyword arguments: `training_memory`, without batch_size and
+    seq_len)."""
+    c = _as_config(config)
+
+    def extra(tokens):
+        qt = training_memory(c, "qt", 1, tokens, fmt=fmt, **kw)
+        return qt.total - training_memory(c, "ptq", 1, tokens, fmt=fmt, **kw).total
+
+    t1, t2 = 1 << 12, 1 << 13
+    slope = (extra(t2) - extra(t1)) / (t2 - t1)
+    if slope >= 0:
+        raise ValueError(f"{c.name} in {fmt}: quantized training saves no activation memory "
+                         f"per token here, so it never breaks even")
+    tokens = max(1, math.ceil(t1 - extra(t1) / slope))
+    while extra(tokens) > 0:  # scales round up per block: step past the last rounding
+        tokens += 1
+    return tokens
 
 
 def sharding_table(config: ModelConfig | str, strategy: str = "ptq",
