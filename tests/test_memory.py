@@ -587,3 +587,22 @@ class TestCheckpointLayouts:
 
     def test_recipe_int4_g128_keeps_fp32_scales(self):
         assert bits_per_element("INT4", 128) == get_recipe("int4_g128").bits_per_element() == 4.25
+
+    @pytest.mark.parametrize("symmetric,fmt", [(True, "INT4 g128 FP16"),
+                                               (False, "INT4 g128 FP16+zp")])
+    def test_layout_matches_compressed_tensors(self, symmetric, fmt):
+        # compressed-tensors' pack-quantized checkpoint of one weight: its stored bytes
+        # (codes, FP16 scales, packed zero points; not the 2-int shape) are the calculator's
+        pytest.importorskip("compressed_tensors")
+        from compressed_tensors.compressors import PackedQuantizationCompressor
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+        N, K = 256, 512
+        args = QuantizationArgs(num_bits=4, symmetric=symmetric, strategy="group",
+                                group_size=128, type="int")
+        state = {"weight": torch.randn(N, K, dtype=torch.float16),
+                 "weight_scale": torch.rand(N, K // 128, dtype=torch.float16) + 0.1,
+                 "weight_zero_point": torch.zeros(N, K // 128, dtype=torch.int8)}
+        out = PackedQuantizationCompressor.compress(
+            state, QuantizationScheme(targets=["Linear"], weights=args))
+        stored = sum(v.numel() * v.element_size() for k, v in out.items() if k != "weight_shape")
+        assert stored == storage_format(fmt).nbytes(N * K)

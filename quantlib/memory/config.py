@@ -157,7 +157,8 @@ class ModelConfig:
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"config must be a config.json dict, got {type(config).__name__}")
-        cfg = {k: v for k, v in config.items() if k not in set(ignore)}
+        ignore = {ignore} if isinstance(ignore, str) else set(ignore)
+        cfg = {k: v for k, v in config.items() if k not in ignore}
         mtype = cfg.get("model_type")
         if mtype is not None and mtype not in MODEL_TYPES:
             raise ValueError(f"model_type {mtype!r} is not one this calculator counts "

@@ -173,8 +173,11 @@ def inference_table(config: ModelConfig | str = "Llama-2-7B",
     """Weight memory by format: exact GB (10^9) and GiB (2^30), the scales' share, and for
     Llama-2-7B the rule-of-thumb figure (7e9 parameters x bytes per element)."""
     c = _as_config(config)
+    title = f"{c.name}: {param_count(c):,} parameters"
+    if c.is_moe:
+        title += f" ({param_count(c, active=True):,} active per token)"
     t = Table(["format", "bits/element", "weights GB", "scales GB", "total GB", "total GiB",
-               "rule of thumb"], title=f"{c.name}: {param_count(c):,} parameters", digits=2)
+               "rule of thumb"], title=title, digits=2)
     for name in formats:
         m = inference_memory(c, name, group_size if name.upper().startswith("INT") else None)
         seed = RULE_OF_THUMB_GB.get(m.format)
