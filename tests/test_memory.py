@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from quantlib.memory import (
+    MODEL_TYPES,
+    MOE_PRESETS,
     PRESETS,
     STORAGE_FORMATS,
     ModelConfig,
@@ -20,7 +22,10 @@ from quantlib.memory import (
     kv_cache_memory,
     layer_activation_memory,
     linear_param_count,
+    linear_weight_count,
+    moe_table,
     param_count,
+    qt_break_even_tokens,
     saved_tensors,
     sharding_table,
     storage_format,
@@ -41,6 +46,16 @@ PUBLISHED = {
     "Qwen2.5-0.5B": 494_032_768,
     "TinyLlama-1.1B": 1_100_048_384,
 }
+# Mixture of experts: (total, active) as the model cards round them, in units of 1e9.
+# Mixtral (mistral.ai, "Mixtral of experts"): 46.7B total, 12.9B per token. Qwen3-30B-A3B
+# (model card): 30.5B, 3.3B activated. DeepSeek-V3 (README_WEIGHTS.md): main model 671B, 36.6B
+# activated "including 0.9B for the output head", i.e. without the input embedding (the model
+# card rounds it to 37B).
+PUBLISHED_MOE = {
+    "Mixtral-8x7B": (46.7, 12.9, True),
+    "Qwen3-30B-A3B": (30.5, 3.3, True),
+    "DeepSeek-V3": (671.0, 36.6, False),   # active without the input embedding
+}
 
 TINY = {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "vocab_size": 100}
@@ -52,7 +67,20 @@ class TestParamCount:
         assert param_count(name) == PUBLISHED[name]
 
     def test_every_preset_is_checked(self):
-        assert set(PRESETS) == set(PUBLISHED)
+        assert set(PRESETS) == set(PUBLISHED) | set(PUBLISHED_MOE)
+        assert set(MOE_PRESETS) == set(PUBLISHED_MOE)
+
+    @pytest.mark.parametrize("name", sorted(PUBLISHED_MOE))
+    def test_moe_presets_match_published_counts(self, name):
+        total, active, with_embedding = PUBLISHED_MOE[name]
+        c = get_model_config(name)
+        got = param_count(c, active=True)
+        if not with_embedding:
+            got -= c.vocab_size * c.hidden_size
+        # one decimal, as the cards print them (Qwen's 3.3 is 3.35 cut, not rounded)
+        assert abs(param_count(c) / 1e9 - total) < 0.06
+        assert abs(got / 1e9 - active) < 0.06
+        assert param_count(c, active=True) < param_count(c)
 
     @pytest.mark.parametrize("extra", [
         {}, {"tie_word_embeddings": True}, {"attention_bias": True}, {"mlp_bias": True},
@@ -129,10 +157,10 @@ class TestInference:
         for f in STORAGE_FORMATS.values():
             assert inference_memory("Llama-2-7B", f.name).total * 8 == n * f.bits_per_element
 
-    def test_seed_table_rows(self):
+    def test_rule_of_thumb_rows(self):
         t = inference_table("Llama-2-7B")
         assert t.column("format")[:4] == ["FP32", "BF16", "FP8", "INT4"]
-        assert t.column("seed")[:4] == ["~28 GB", "~14 GB", "~7 GB", "~3.5 GB"]
+        assert t.column("rule of thumb")[:4] == ["~28 GB", "~14 GB", "~7 GB", "~3.5 GB"]
         # the seed's rounding is 7e9 x bytes: within 4% of the exact count
         for gb, seed in zip(t.column("total GB")[:4], (28, 14, 7, 3.5)):
             assert abs(gb / seed - 1) < 0.04
@@ -219,20 +247,54 @@ class TestTraining:
         ptq, qat, qt = (training_memory("Llama-2-7B", s, **kw) for s in ("ptq", "qat", "qt"))
         assert qat.total > qt.total > ptq.total
         assert qat.weight_copies == 3 * linear_param_count("Llama-2-7B")  # BF16 copy + mask
-        assert qt.weight_copies == linear_param_count("Llama-2-7B")     # one FP8 byte each
+        # two FP8 bytes each: a row-wise copy (forward) and a column-wise one (input gradient)
+        assert qt.weight_copies == 2 * linear_param_count("Llama-2-7B")
         assert qt.activations < ptq.activations < qat.activations
         assert qt.quantization_scales > 0 == ptq.quantization_scales
-        # QT: q, k and v each keep a 1-byte copy of the normed input (3h instead of 2h bytes),
-        # gate and up likewise (2h: no change), down 1 byte instead of 2 (saves f), and the o
-        # projection a 1-byte copy of the attention output that the kernel keeps anyway (+q_dim)
+        # QT with fused layers: q/k/v share a 1-byte copy of the normed input (h instead of 2h
+        # bytes), gate/up likewise, down 1 byte instead of 2 (saves f), and the o projection a
+        # 1-byte copy of the attention output that the kernel keeps anyway (+q_dim)
         c = get_model_config("Llama-2-7B")
         TL = 2048 * c.num_hidden_layers
-        assert ptq.activations - qt.activations == TL * (c.intermediate_size - c.hidden_size
+        assert ptq.activations - qt.activations == TL * (2 * c.hidden_size + c.intermediate_size
                                                          - c.q_dim)
+        # one copy per linear: q, k and v each 1 byte (3h), gate and up (2h)
+        sep = training_memory("Llama-2-7B", "qt", fused_inputs=False, **kw)
+        assert ptq.activations - sep.activations == TL * (c.intermediate_size - c.hidden_size
+                                                          - c.q_dim)
+        one = training_memory("Llama-2-7B", "qt", weight_transpose=False, **kw)
+        assert one.weight_copies * 2 == qt.weight_copies
+        assert one.quantization_scales < qt.quantization_scales
+
+    def test_bf16_moments(self):
+        # DeepSeek-V3 kept Adam's moments in BF16: 2 + 2 bytes instead of 4 + 4 per parameter
+        P = param_count("Llama-3-8B")
+        m = training_memory("Llama-3-8B", "qt", seq_len=16, moment_bytes=2)
+        assert m.optimizer_states == 4 * P
+        assert bytes_per_parameter("ptq", moment_bytes=2) == 12
+        with pytest.raises(ValueError, match="moment_bytes must be 4"):
+            training_memory("Llama-3-8B", moment_bytes=1)
+
+    @pytest.mark.parametrize("name,fmt", [("Llama-3-8B", "FP8"), ("Llama-2-7B", "MXFP8"),
+                                          ("Mixtral-8x7B", "FP8")])
+    def test_qt_break_even(self, name, fmt):
+        n = qt_break_even_tokens(name, fmt)
+
+        def extra(tokens):
+            return (training_memory(name, "qt", 1, tokens, fmt=fmt).total
+                    - training_memory(name, "ptq", 1, tokens, fmt=fmt).total)
+        assert extra(n) <= 0 < extra(n - 1)
+        # the fixed cost over the per-token saving: 2 bytes of FP8 copies per linear weight
+        # against (2h + f - q_dim) bytes per token and layer (dense, FP8: no scales)
+        c = get_model_config(name)
+        if fmt == "FP8" and not c.is_moe:
+            per_token = c.num_hidden_layers * (2 * c.hidden_size + c.intermediate_size - c.q_dim)
+            assert n == math.ceil(2 * linear_weight_count(c) / per_token)
 
     def test_tables(self):
         t = strategy_table("Llama-2-7B", seq_len=1024)
         assert t.column("strategy") == ["ptq", "qat", "qt"]
+        assert "gather buffer" not in t.columns and "weight copies" in t.columns
         s = sharding_table("Llama-2-7B", seq_len=1024, n_gpus=(1, 8))
         dp, z3 = s.rows[0], s.rows[3]
         assert dp[1] == dp[2] and z3[2] < z3[1]
@@ -268,6 +330,10 @@ class TestBadInput:
     def test_missing_keys(self):
         with pytest.raises(ValueError, match="missing.*vocab_size"):
             ModelConfig.from_hf_config({k: v for k, v in TINY.items() if k != "vocab_size"})
+
+    def test_measured_model_refuses_what_it_does_not_build(self):
+        with pytest.raises(ValueError, match="dense Llama-style"):
+            build_model(get_model_config("Mixtral-8x7B"))
 
     def test_unknown_format(self):
         with pytest.raises(ValueError, match="unknown weight format 'FP5'.*NVFP4"):
@@ -319,3 +385,224 @@ def test_strategy_figure_draws_the_computed_totals():
     fig = plot_sharding("Llama-3-8B", n_gpus=(1, 8))
     assert len(fig.axes[0].lines) == 5 + 1   # five schemes and the activation floor
     plt.close(fig)
+
+
+def _hf_count(hf_config) -> int:
+    """transformers' own count: the parameters of the module it builds (on the meta device),
+    plus DeepSeek-V3's router correction bias (a buffer there, a tensor of the checkpoint)."""
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    return (sum(p.numel() for p in model.parameters())
+            + sum(b.numel() for n, b in model.named_buffers()
+                  if n.endswith("e_score_correction_bias")))
+
+
+SMALL = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 4,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128}
+HF_VARIANTS = [
+    ("llama", {}), ("llama", {"attention_bias": True, "mlp_bias": True}),
+    ("llama", {"tie_word_embeddings": True, "head_dim": 24}),
+    ("mistral", {}), ("qwen2", {}), ("qwen3", {"head_dim": 32}), ("gemma", {"head_dim": 32}),
+    ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    ("qwen2_moe", {"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                   "shared_expert_intermediate_size": 48, "decoder_sparse_step": 2,
+                   "mlp_only_layers": [3]}),
+    ("qwen2_moe", {"num_experts": 4, "num_experts_per_tok": 1, "moe_intermediate_size": 32,
+                   "shared_expert_intermediate_size": 48, "qkv_bias": False}),
+    ("qwen3_moe", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                   "head_dim": 16}),
+    ("qwen3_moe", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                   "mlp_only_layers": [0, 2]}),
+    ("deepseek_v2", {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2,
+                     "moe_intermediate_size": 16, "first_k_dense_replace": 1,
+                     "q_lora_rank": None, "kv_lora_rank": 32, "qk_nope_head_dim": 16,
+                     "qk_rope_head_dim": 8, "v_head_dim": 24, "num_key_value_heads": 4}),
+    ("deepseek_v3", {"n_routed_experts": 8, "num_experts_per_tok": 3, "n_shared_experts": 1,
+                     "moe_intermediate_size": 16, "first_k_dense_replace": 2,
+                     "q_lora_rank": 24, "kv_lora_rank": 32, "qk_nope_head_dim": 16,
+                     "qk_rope_head_dim": 8, "v_head_dim": 16, "num_key_value_heads": 4,
+                     "attention_bias": True}),
+]
+
+
+class TestAgainstTransformers:
+    """transformers' modules are the oracle for the count of every architecture read here."""
+
+    @pytest.mark.parametrize("model_type,extra", HF_VARIANTS)
+    def test_count_matches_transformers_module(self, model_type, extra):
+        from transformers import CONFIG_MAPPING
+        hf = CONFIG_MAPPING[model_type](**{**SMALL, **extra})
+        for d in (hf.to_diff_dict(), hf.to_dict()):  # what save_pretrained writes, and all
+            cfg = ModelConfig.from_hf_config(d)
+            assert param_count(cfg) == _hf_count(hf)
+
+    @pytest.mark.parametrize("model_type,extra", [v for v in HF_VARIANTS if "moe" in v[0]
+                                                  or v[0] in ("mixtral", "deepseek_v3")])
+    def test_active_and_linear_counts(self, model_type, extra):
+        # Active = total less the routed experts a token skips; linear weights = the 2-D
+        # weights of the blocks' nn.Linear layers and the experts' stacked matrices.
+        transformers = pytest.importorskip("transformers")
+        hf = transformers.CONFIG_MAPPING[model_type](**{**SMALL, **extra})
+        cfg = ModelConfig.from_hf_config(hf.to_diff_dict())
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(hf)
+        experts = [p for n, p in model.named_parameters() if ".experts." in n]
+        skipped = sum(p.numel() for p in experts) * (
+            1 - cfg.num_experts_per_tok / cfg.num_experts)
+        assert param_count(cfg, active=True) == param_count(cfg) - skipped
+        lin = sum(m.weight.numel() for n, m in model.model.layers.named_modules()
+                  if isinstance(m, torch.nn.Linear) and "shared_expert_gate" not in n)
+        assert linear_weight_count(cfg) == lin + sum(p.numel() for p in experts)
+
+    @pytest.mark.parametrize("name", sorted(PUBLISHED) + sorted(PUBLISHED_MOE))
+    def test_presets_match_transformers_modules(self, name):
+        from transformers import CONFIG_MAPPING
+
+        from quantlib.memory.config import _PRESETS
+        d = dict(_PRESETS[name])
+        hf = CONFIG_MAPPING[d.pop("model_type", "llama")](**d)
+        assert param_count(name) == _hf_count(hf)
+
+    def test_tie_defaults_are_transformers_defaults(self):
+        from transformers import CONFIG_MAPPING
+        for model_type, tied in MODEL_TYPES.items():
+            assert CONFIG_MAPPING[model_type]().tie_word_embeddings is tied, model_type
+
+
+class TestHFConfigReading:
+    def test_missing_tie_uses_the_architecture_default(self):
+        base = {**SMALL}
+        assert ModelConfig.from_hf_config({**base, "model_type": "gemma"}).tie_word_embeddings
+        assert not ModelConfig.from_hf_config({**base, "model_type": "llama"}).tie_word_embeddings
+        gemma = ModelConfig.from_hf_config({**base, "model_type": "gemma"})
+        assert param_count(gemma) == param_count(ModelConfig(**SMALL, tie_word_embeddings=True))
+        with pytest.raises(ValueError, match="neither tie_word_embeddings nor model_type"):
+            ModelConfig.from_hf_config(base)
+
+    def test_unknown_model_type_is_refused(self):
+        with pytest.raises(ValueError, match="model_type 'gpt2' is not one.*llama"):
+            ModelConfig.from_hf_config({**SMALL, "model_type": "gpt2"})
+
+    @pytest.mark.parametrize("model_type,key", [
+        ("llama", "num_local_experts"),          # an MoE key on a dense architecture
+        ("mistral", "n_routed_experts"), ("qwen3", "num_experts"),
+        ("mixtral", "n_shared_experts"), ("llama", "some_new_key")])
+    def test_unknown_keys_are_refused_not_dropped(self, model_type, key):
+        d = {**SMALL, "model_type": model_type, key: 8}
+        if model_type == "mixtral":
+            d.update(num_local_experts=4, num_experts_per_tok=2)
+        with pytest.raises(ValueError, match=f"keys \\['{key}'\\] are unknown.*ignore="):
+            ModelConfig.from_hf_config(d)
+        assert ModelConfig.from_hf_config(d, ignore=[key]).hidden_size == 64
+
+    def test_harmless_keys_pass(self):
+        d = {**SMALL, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2,
+             "router_aux_loss_coef": 0.02, "output_router_logits": False, "rope_theta": 1e6,
+             "sliding_window": None, "torch_dtype": "bfloat16"}
+        assert ModelConfig.from_hf_config(d).num_experts == 4
+
+    @pytest.mark.parametrize("d,match", [
+        ({"model_type": "mixtral", "num_experts_per_tok": 2}, "needs 'num_local_experts'"),
+        ({"model_type": "qwen3_moe", "num_experts": 8, "num_local_experts": 4,
+          "num_experts_per_tok": 2, "moe_intermediate_size": 8}, "disagrees with itself"),
+        ({"model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 5},
+         "between 1 and num_experts"),
+        ({"model_type": "deepseek_v3", "n_routed_experts": 8, "num_experts_per_tok": 2,
+          "moe_intermediate_size": 8, "kv_lora_rank": 16, "qk_nope_head_dim": 8,
+          "qk_rope_head_dim": 8, "v_head_dim": 8, "moe_layer_freq": 2}, "moe_layer_freq")])
+    def test_inconsistent_moe_configs(self, d, match):
+        with pytest.raises(ValueError, match=match):
+            ModelConfig.from_hf_config({**SMALL, **d})
+
+    def test_moe_fields_need_experts(self):
+        with pytest.raises(ValueError, match="set num_experts too"):
+            ModelConfig(**SMALL, num_experts_per_tok=2)
+        with pytest.raises(ValueError, match="set kv_lora_rank too"):
+            ModelConfig(**SMALL, q_lora_rank=16)
+        with pytest.raises(ValueError, match="dense_layers must be distinct"):
+            ModelConfig(**SMALL, num_experts=4, num_experts_per_tok=1, dense_layers=(4,))
+
+
+class TestMoEMemory:
+    def test_weights_hold_every_expert(self):
+        P = param_count("Mixtral-8x7B")
+        assert inference_memory("Mixtral-8x7B", "BF16").total == 2 * P
+        m = training_memory("Mixtral-8x7B", "ptq", seq_len=16)
+        assert (m.weights, m.gradients, m.master_weights) == (2 * P, 2 * P, 4 * P)
+
+    def test_moe_table(self):
+        t = moe_table()
+        assert t.column("model") == list(MOE_PRESETS)
+        for name, total, active in zip(t.column("model"), t.column("total params (B)"),
+                                       t.column("active params (B)")):
+            assert total == param_count(name) / 1e9 and active == param_count(name, True) / 1e9
+        assert t.column("weights BF16 GB")[0] == to_unit(2 * param_count("Mixtral-8x7B"))
+
+    def test_mla_kv_cache(self):
+        # DeepSeek-V2 paper, Table 1: MLA caches (d_c + d_h^R) l = 4.5 d_h l elements per token
+        c = get_model_config("DeepSeek-V3")
+        assert c.kv_cache_width == 4.5 * c.qk_nope_head_dim
+        assert kv_cache_memory(c, 1, 1, "BF16") == 2 * 576 * c.num_hidden_layers
+        assert kv_cache_memory(c, 2, 64, "FP8") == 2 * 64 * 576 * c.num_hidden_layers
+
+    def test_moe_activations_closed_form(self):
+        # An MoE layer against a dense layer of the expert's width: k copies of the expert
+        # tensors (input 2h, four of width f: 8f bytes each), the expert outputs (2h each), the
+        # router's input (2h), FP32 probabilities (4E) and int64 indices (8k).
+        E, k, f = 6, 2, 32
+        moe = ModelConfig(**SMALL, num_experts=E, num_experts_per_tok=k,
+                          moe_intermediate_size=f)
+        dense = ModelConfig(**{**SMALL, "intermediate_size": f})
+        T, h, L = 2 * 16, SMALL["hidden_size"], SMALL["num_hidden_layers"]
+        per_layer = (k - 1) * (2 * h + 8 * f) + 2 * k * h + 2 * h + 4 * E + 8 * k
+        assert (activation_memory(moe, 2, 16) - activation_memory(dense, 2, 16)
+                == T * L * per_layer)
+        # dense layers of a partly-MoE model are counted as dense
+        mixed = ModelConfig(**SMALL, num_experts=E, num_experts_per_tok=k,
+                            moe_intermediate_size=f, dense_layers=(0,))
+        dense_f = ModelConfig(**SMALL)
+        want = (activation_memory(moe, 2, 16) * 3 + activation_memory(dense_f, 2, 16)) / 4
+        assert activation_memory(mixed, 2, 16) == want
+        assert layer_activation_memory(mixed, 2, 16) == max(
+            layer_activation_memory(moe, 2, 16), layer_activation_memory(dense_f, 2, 16))
+
+    def test_moe_training_copies_every_expert(self):
+        c = get_model_config("Qwen3-30B-A3B")
+        qt = training_memory(c, "qt", seq_len=64)
+        assert qt.weight_copies == 2 * linear_weight_count(c)
+        assert linear_weight_count(c) > 0.9 * param_count(c)   # the experts dominate
+
+
+class TestCheckpointLayouts:
+    @pytest.mark.parametrize("fmt,bits", [("INT4 g128 FP16", 4.125),
+                                          ("int4-g128-fp16+zp", 4 + 20 / 128),
+                                          ("INT4 g128 FP16 zp", 4 + 20 / 128)])
+    def test_gptq_awq_layouts(self, fmt, bits):
+        f = storage_format(fmt)
+        assert f.bits_per_element == bits
+        n = 4096 * 4096
+        zp = n // 128 // 2 if "zp" in fmt.lower() else 0   # 4-bit zero points, packed
+        assert f.nbytes(n) == n // 2 + 2 * (n // 128) + zp
+
+    def test_recipe_int4_g128_keeps_fp32_scales(self):
+        assert bits_per_element("INT4", 128) == get_recipe("int4_g128").bits_per_element() == 4.25
+
+    @pytest.mark.parametrize("symmetric,fmt", [(True, "INT4 g128 FP16"),
+                                               (False, "INT4 g128 FP16+zp")])
+    def test_layout_matches_compressed_tensors(self, symmetric, fmt):
+        # compressed-tensors' pack-quantized checkpoint of one weight: its stored bytes
+        # (codes, FP16 scales, packed zero points; not the 2-int shape) are the calculator's
+        pytest.importorskip("compressed_tensors")
+        from compressed_tensors.compressors import PackedQuantizationCompressor
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+        N, K = 256, 512
+        args = QuantizationArgs(num_bits=4, symmetric=symmetric, strategy="group",
+                                group_size=128, type="int")
+        state = {"weight": torch.randn(N, K, dtype=torch.float16),
+                 "weight_scale": torch.rand(N, K // 128, dtype=torch.float16) + 0.1,
+                 "weight_zero_point": torch.zeros(N, K // 128, dtype=torch.int8)}
+        out = PackedQuantizationCompressor.compress(
+            state, QuantizationScheme(targets=["Linear"], weights=args))
+        stored = sum(v.numel() * v.element_size() for k, v in out.items() if k != "weight_shape")
+        assert stored == storage_format(fmt).nbytes(N * K)

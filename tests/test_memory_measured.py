@@ -103,3 +103,40 @@ def test_qat_step_matches_prediction():
     assert abs(got.activations / (want.activations + want.weight_copies) - 1) < 0.05
     ptq = training_memory(cfg, "ptq", batch_size=2, seq_len=32, norm="unfused")
     assert got.activations > ptq.activations * 1.3   # QAT's copies are not small
+
+
+@pytest.mark.parametrize("model_type,extra,tol", [
+    ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 2}, 0.03),
+    ("qwen3_moe", {"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+     0.03),
+    # MLA: transformers' eager layout keeps a few more per-head copies than the count (~10%)
+    ("deepseek_v3", {"n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+                     "moe_intermediate_size": 16, "first_k_dense_replace": 1, "q_lora_rank": 24,
+                     "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8,
+                     "v_head_dim": 16, "num_key_value_heads": 4, "n_group": 1,
+                     "topk_group": 1}, 0.12)])
+def test_moe_activations_against_transformers(model_type, extra, tol):
+    # The MoE (and MLA) activation count against the tensors transformers' own model saves in
+    # one FP32 training step on the CPU (an independent implementation: a few percent apart).
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.CONFIG_MAPPING[model_type](**{
+        "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+        "tie_word_embeddings": False, "attn_implementation": "sdpa", **extra})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(hf).float()
+
+    class Loss(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, ids, targets):
+            return self.m(input_ids=ids, labels=targets).loss
+
+    ids = torch.randint(0, 128, (2, 32), generator=torch.Generator().manual_seed(0))
+    wrapped = Loss(model)
+    got = measure_training_step(wrapped, ids, ids, torch.optim.Adam(wrapped.parameters()))
+    cfg = ModelConfig.from_hf_config(hf.to_diff_dict())
+    want = training_memory(cfg, "fp32", batch_size=2, seq_len=32, norm="unfused")
+    assert abs(got.activations / want.activations - 1) < tol

@@ -103,12 +103,13 @@ def fsdp_table(config: ModelConfig, world_size: int = 2, batch_size: int = 2, se
     ranks = measure_fsdp(config, world_size, batch_size, seq_len, timeout)
     want = training_memory(config, "fp32", batch_size, seq_len, n_gpus=world_size,
                            sharding="fsdp")
-    t = Table(["rank", "component", "predicted kB", "measured kB", "measured / predicted"],
+    t = Table(["rank", "component", "predicted kB", "measured kB",
+               "measured - predicted (bytes)", "measured / predicted"],
               title=f"{config.name}: FSDP2 on {world_size} CPU ranks (gloo), bytes per rank",
               digits=3)
     for r, m in enumerate(ranks):
         for name, p, got in (("parameters", want.weights, m.parameters),
                              ("gradients", want.gradients, m.gradients),
                              ("optimizer states", want.optimizer_states, m.optimizer_states)):
-            t.append([r, name, p / 1e3, got / 1e3, got / p])
+            t.append([r, name, p / 1e3, got / 1e3, got - p, got / p])
     return t

@@ -39,7 +39,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(c.hidden_size, c.q_dim, bias=c.attention_bias)
         self.k_proj = nn.Linear(c.hidden_size, c.kv_dim, bias=c.attention_bias)
         self.v_proj = nn.Linear(c.hidden_size, c.kv_dim, bias=c.attention_bias)
-        self.o_proj = nn.Linear(c.q_dim, c.hidden_size, bias=False)
+        self.o_proj = nn.Linear(c.q_dim, c.hidden_size, bias=c.o_proj_bias)
 
     def forward(self, x, cos, sin):
         b, s, _ = x.shape
@@ -84,6 +84,10 @@ class LlamaDecoder(nn.Module):
                  rope_theta: float = 10000.0):
         super().__init__()
         c = self.config = _as_config(config)
+        if c.is_moe or c.is_mla or c.qk_norm:
+            raise ValueError(f"{c.name}: the measured model is a dense Llama-style decoder; "
+                             f"MoE, MLA and q/k norms are counted by the calculator "
+                             f"(param_count, training_memory) but not built here")
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size)

@@ -28,7 +28,7 @@ def plot_strategies(config: ModelConfig | str, strategies=("ptq", "qat", "qt"),
     if recompute_too:
         runs = [(s, r) for s in strategies for r in (False, True)]
     mems = [training_memory(c, s, recompute=r, **kw) for s, r in runs]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=150)
     x = [i + (i // 2 if recompute_too else 0) * 0.4 for i in range(len(runs))]
     bottom = [0.0] * len(runs)
     for comp in TrainingMemory.COMPONENTS:
@@ -41,10 +41,10 @@ def plot_strategies(config: ModelConfig | str, strategies=("ptq", "qat", "qt"),
         ax.text(xi, total, f"{total:.0f}", ha="center", va="bottom", fontsize=8)
     ticks = [f"{_LABELS.get(s, s)}{' +recomp.' if r else ''}" if not recompute_too else
              ("full" if not r else "recompute") for s, r in runs]
-    ax.set_xticks(x, ticks, fontsize=8)
+    ax.set_xticks(x, ticks, fontsize=9)
     if recompute_too:
         for i, s in enumerate(strategies):
-            ax.text((x[2 * i] + x[2 * i + 1]) / 2, -0.22, _LABELS.get(s, s).split("\n")[0],
+            ax.text((x[2 * i] + x[2 * i + 1]) / 2, -0.12, _LABELS.get(s, s).split("\n")[0],
                     transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9,
                     fontweight="bold")
     ax.set_ylabel("GB per GPU (10^9 bytes)")
@@ -52,7 +52,7 @@ def plot_strategies(config: ModelConfig | str, strategies=("ptq", "qat", "qt"),
     ax.set_title(f"{c.name}: training memory by component "
                  f"(batch {kw.get('batch_size', 1)} x {kw.get('seq_len', 2048)}, "
                  f"{m0.optimizer}, {kw.get('fmt', 'FP8')})", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_ylim(0, max(bottom) * 1.12)
     fig.tight_layout()
     return fig
@@ -64,7 +64,7 @@ def plot_sharding(config: ModelConfig | str, strategy: str = "ptq",
     import matplotlib.pyplot as plt
 
     c = _as_config(config)
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=90)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=150)
     styles = {"dp": "o-", "zero1": "s-", "zero2": "^-", "zero3": "D-", "fsdp": "x--"}
     for s in schemes:
         ys = [to_unit(training_memory(c, strategy, n_gpus=n, sharding=s, **kw).total)
@@ -80,6 +80,6 @@ def plot_sharding(config: ModelConfig | str, strategy: str = "ptq",
     ax.set_xlabel("number of GPUs N")
     ax.set_ylabel("GB per GPU (10^9 bytes)")
     ax.set_title(f"{c.name} ({strategy}): memory per GPU under sharding", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig

@@ -105,10 +105,11 @@ def compare_table(predicted: TrainingMemory, measured: MeasuredMemory,
             ("optimizer states", predicted.optimizer_states, measured.optimizer_states),
             ("activations", predicted.activations, measured.activations)]
     rows.append(("total", sum(r[1] for r in rows), sum(r[2] for r in rows)))
-    t = Table(["component", "predicted MB", "measured MB", "measured / predicted"],
-              title=title, digits=3)
+    t = Table(["component", "predicted MB", "measured MB", "measured - predicted (bytes)",
+               "measured / predicted"], title=title, digits=3)
     for name, p, m in rows:
-        t.append([name, to_unit(p, "MB"), to_unit(m, "MB"), m / p if p else float("nan")])
+        t.append([name, to_unit(p, "MB"), to_unit(m, "MB"), m - p,
+                  m / p if p else float("nan")])
     return t
 
 
