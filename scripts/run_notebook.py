@@ -19,7 +19,7 @@ import time
 # The environment of every kernel that executes a notebook.
 NUMERIC_ENV = {
     # torch's own CPU kernels: the build's baseline code, not the widest vector unit found
-    "ATEN_CPU_CAPABILITY": "avx2",
+    "ATEN_CPU_CAPABILITY": "default",
     # MKL (torch's FP32 GEMMs): conditional numerical reproducibility, the same bits on Intel and AMD
     "MKL_CBWR": "COMPATIBLE",
     # one thread: a parallel reduction splits its sum by the number of cores
