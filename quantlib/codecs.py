@@ -54,6 +54,9 @@ def encode(x, fmt, rounding: str = "rne", overflow: str | None = None, generator
     f = get_format(fmt)
     overflow = _check_policy(f, rounding, overflow, generator, method)
     t, is_numpy = _as_float32(x, odd=f.bits < 32)
+    if not is_numpy and t.is_meta:
+        raise ValueError("encode: x is on the 'meta' device (shapes, no values): codes depend on "
+                         "the values; move it to 'cpu' or 'cuda' first")
     _check_nan(t, f)
     rand = _random_bits(t, generator, is_numpy) if rounding == "stochastic" else None
     codes = _codecs_fast.encode(t, f, rounding, overflow) if method == "auto" and rand is None \
