@@ -4,6 +4,9 @@ import json
 import pytest
 import torch
 
+import quantlib.kernels as K
+import quantlib.kernels.report as report
+
 pytest.importorskip("triton")
 
 from quantlib.kernels import _minifloat
@@ -35,6 +38,53 @@ def test_bit_exact_table_reports_zero_differences():
     t = bit_exact_table(x, ["fp8_e4m3_1x128", "nvfp4"])
     assert t.column("codes differing") == [0, 0]
     assert t.column("dequantize equal") == [True, True]
+
+
+def test_bit_exact_table_on_a_cuda_machine_sends_the_kernels_to_the_gpu(monkeypatch):
+    # A CUDA machine, simulated: the table must not call the kernels on CPU tensors (there
+    # TRITON_INTERPRET is unset and path="triton" on the CPU raises). The fake move records
+    # the device and keeps the tensors here, where the interpreter stands in for the GPU.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(report, "kernel_path", lambda device: "native-fp8")
+    moved = []
+    real_move = report._move
+
+    def fake_move(obj, device):
+        moved.append(device)
+        with monkeypatch.context() as m:
+            m.setattr(report, "_move", real_move)
+            return real_move(obj, "cpu")
+    monkeypatch.setattr(report, "_move", fake_move)
+    x = torch.randn(4, 128, generator=torch.Generator().manual_seed(1))
+    t = bit_exact_table(x, ["fp8_e4m3_1x128"])
+    assert moved == ["cuda", "cuda", "cpu"]        # args and kwargs there, the result back
+    assert "GPU" in t.title and t.column("codes differing") == [0]
+
+
+def test_run_kernel_forces_the_interpreter_whatever_the_import(monkeypatch):
+    # This process's kernels treated as compiled for a GPU (as when quantlib.kernels was
+    # imported without TRITON_INTERPRET) and no GPU: the call goes to a child interpreter.
+    monkeypatch.setattr(report, "kernels_interpreted", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(4, 128, generator=torch.Generator().manual_seed(2))
+    q = report.run_kernel(K.fp8_quantize, x, "fp8_e4m3_1x128", path="triton")
+    ref = K.fp8_quantize(x, "fp8_e4m3_1x128", path="reference")
+    assert torch.equal(q.codes, ref.codes) and torch.equal(q.scales, ref.scales)
+    with pytest.raises(ValueError, match="where="):
+        report.run_kernel(K.fp8_quantize, x, where="gpu")
+
+
+def test_run_kernel_in_process_needs_no_environment_variable(monkeypatch):
+    # The kernels of this test process were built for the interpreter (tests/conftest.py); a
+    # notebook that unset the variable afterwards still runs them.
+    if not report.kernels_interpreted():
+        pytest.skip("this process's kernels are compiled for a GPU")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.randn(2, 128, generator=torch.Generator().manual_seed(3))
+    y = report.run_kernel(K.fp8_quantize, x, "fp8_e4m3_1x128", path="triton",
+                          where="interpreter")
+    assert torch.equal(y.codes, K.fp8_quantize(x, "fp8_e4m3_1x128", path="reference").codes)
 
 
 def test_results_tables_and_roofline(tmp_path):

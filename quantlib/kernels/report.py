@@ -3,31 +3,136 @@ the committed GPU run of benchmarks/gpu_check.py (its JSON in benchmarks/results
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
+from quantlib.device import kernel_path, triton_available
 from quantlib.table import Table
 
 # Dense peaks of an H100 SXM (NVIDIA datasheet): TFLOP/s and HBM3 TB/s.
 H100_PEAKS = {"bf16": 989.0, "fp8": 1979.0, "hbm_tbs": 3.35}
 
 
-def bit_exact_table(x: torch.Tensor, recipes, path: str = "triton") -> Table:
-    """Quantize x with each recipe through the kernels and through quantlib.quantize: how many
-    codes and scales differ, and whether dequantization agrees bit for bit."""
+def kernels_interpreted() -> bool:
+    """True when this process's Triton kernels run on the CPU interpreter. Triton decides once,
+    when it decorates a kernel (TRITON_INTERPRET=1 set before quantlib.kernels was imported);
+    setting the variable later changes nothing."""
+    if not triton_available():
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from quantlib.kernels import _minifloat
+    return isinstance(_minifloat.encode_minifloat, InterpretedFunction)
+
+
+def kernel_device(where: str = "auto") -> str:
+    """Where `run_kernel` runs a Triton kernel: "cuda" (a CUDA GPU with a Triton path, for
+    where="auto") or "interpreter" (the CPU interpreter: where="interpreter", or no such GPU)."""
+    if where not in ("auto", "interpreter"):
+        raise ValueError(f"where={where!r}: use 'auto' (the GPU when there is one) or "
+                         f"'interpreter' (Triton's CPU interpreter)")
+    if not triton_available():
+        raise RuntimeError("triton is not installed (pip install 'quantlib-book[triton]', Linux "
+                           "only): the Triton kernels cannot run here")
+    if where == "auto" and torch.cuda.is_available() and kernel_path("cuda") != "reference":
+        return "cuda"
+    return "interpreter"
+
+
+def _move(obj, device):
+    """Tensors and QuantizedTensors (also inside lists, tuples and dicts) moved to `device`."""
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_move(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _move(v, device) for k, v in obj.items()}
+    return obj.to(device) if hasattr(obj, "to") and hasattr(obj, "device") else obj
+
+
+def _run_interpreted_child(fn, args, kwargs):
+    """fn(*args, **kwargs) in a child Python started with TRITON_INTERPRET=1 (and no GPU): the
+    kernels there are built for the interpreter whatever this process did."""
+    import quantlib
+    root = str(Path(quantlib.__file__).resolve().parents[1])
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    child = ("import importlib, sys, torch\n"
+             "mod, name, inp, out = sys.argv[1:5]\n"
+             "fn = getattr(importlib.import_module(mod), name)\n"
+             "args, kwargs = torch.load(inp, weights_only=False)\n"
+             "torch.save(fn(*args, **kwargs), out)\n")
+    with tempfile.TemporaryDirectory() as d:
+        inp, out = os.path.join(d, "in.pt"), os.path.join(d, "out.pt")
+        torch.save((args, kwargs), inp)
+        r = subprocess.run([sys.executable, "-c", child, fn.__module__, fn.__qualname__, inp,
+                            out], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{fn.__qualname__} failed on the interpreter:\n{r.stderr[-2000:]}")
+        return torch.load(out, weights_only=False)
+
+
+def run_kernel(fn, *args, where: str = "auto", **kwargs):
+    """fn(*args, **kwargs) where a Triton kernel can run, whatever device the inputs are on and
+    however quantlib.kernels was first imported; the result comes back on the CPU.
+
+    On a CUDA GPU with a Triton path (where="auto") the inputs move there. Otherwise the call
+    runs on Triton's CPU interpreter: in this process when its kernels were built for it, else
+    in a child process started with TRITON_INTERPRET=1 (seconds to start; `fn` must be
+    importable by name). Pass path="triton" in kwargs to forbid the reference twin."""
+    if kernel_device(where) == "cuda":
+        return _move(fn(*_move(args, "cuda"), **_move(kwargs, "cuda")), "cpu")
+    args, kwargs = _move(args, "cpu"), _move(kwargs, "cpu")
+    if kernels_interpreted():
+        from quantlib.kernels.dispatch import quiet
+        before = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1"   # dispatch reads it: these kernels are interpreted
+        try:
+            with quiet():
+                return fn(*args, **kwargs)
+        finally:
+            if before is None:
+                os.environ.pop("TRITON_INTERPRET")
+            else:
+                os.environ["TRITON_INTERPRET"] = before
+    return _run_interpreted_child(fn, args, kwargs)
+
+
+def kernel_quantize(x: torch.Tensor, recipes) -> list:
+    """(QuantizedTensor, dequantized FP32) of x for each recipe, both by the Triton kernels
+    (path="triton": no silent fall-back to the reference)."""
     import quantlib.kernels as K
     from quantlib.recipes import get_recipe
-    t = Table(["recipe", "codes", "codes differing", "scales differing", "dequantize equal"],
-              title=f"Kernel ({path}) vs reference, x of shape {tuple(x.shape)}")
+    out = []
     for name in recipes:
         r = get_recipe(name)
         f = {"e4m3": K.nvfp4_quantize, "e8m0": K.mx_quantize}.get(r.scale_format,
                                                                   K.fp8_quantize)
-        a, b = f(x, r, path=path), f(x, r, path="reference")
+        q = f(x, r, path="triton")
+        out.append((q, K.fp8_dequantize(q, path="triton")))
+    return out
+
+
+def bit_exact_table(x: torch.Tensor, recipes, where: str = "auto") -> Table:
+    """Quantize x with each recipe through the Triton kernels (on the GPU when there is one,
+    else on the CPU interpreter: see `run_kernel`) and through quantlib.quantize on the CPU: how
+    many codes and scales differ, and whether dequantization agrees bit for bit."""
+    from quantlib.qtensor import quantize
+    from quantlib.recipes import get_recipe
+    x = x.cpu()
+    dev = kernel_device(where)
+    t = Table(["recipe", "codes", "codes differing", "scales differing", "dequantize equal"],
+              title=f"Triton kernel ({'GPU' if dev == 'cuda' else 'CPU interpreter'}) vs "
+                    f"reference, x of shape {tuple(x.shape)}")
+    recipes = [get_recipe(r) for r in recipes]
+    for r, (a, da) in zip(recipes, run_kernel(kernel_quantize, x, recipes, where=where)):
+        b = quantize(x, r)
         sa, sb = a.scales.float(), b.scales.float()
         same_s = (sa == sb) | (sa.isnan() & sb.isnan())
-        da, db = K.fp8_dequantize(a, path=path), b.dequantize()
+        db = b.dequantize()
         t.append([r.name, a.codes.numel(), int((a.codes != b.codes).sum()),
                   int((~same_s).sum()), bool(((da == db) | (da.isnan() & db.isnan())).all())])
     return t
