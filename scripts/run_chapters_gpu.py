@@ -37,6 +37,13 @@ class _NoIPython:
         raise RuntimeError("this cell needs IPython (a magic or shell escape ran)")
 
 
+def _render(value) -> None:
+    """What Jupyter does with a displayed value: its text and HTML forms."""
+    repr(value)
+    if hasattr(value, "_repr_html_"):
+        value._repr_html_()
+
+
 def _exec_cell(code: str, ns: dict) -> None:
     """exec a cell; like Jupyter, evaluate a final expression and render it (repr and HTML)."""
     tree = ast.parse(code)
@@ -45,9 +52,7 @@ def _exec_cell(code: str, ns: dict) -> None:
     if last is not None:
         value = eval(compile(ast.Expression(last.value), "<cell>", "eval"), ns)
         if value is not None:
-            repr(value)
-            if hasattr(value, "_repr_html_"):
-                value._repr_html_()
+            _render(value)
 
 
 def run_one(path: str) -> dict:
@@ -61,7 +66,8 @@ def run_one(path: str) -> dict:
     import nbformat
     nb = nbformat.read(path, as_version=4)
     os.chdir(os.path.dirname(os.path.abspath(path)))
-    ns = {"__name__": "__main__", "get_ipython": lambda: _NoIPython()}
+    ns = {"__name__": "__main__", "get_ipython": lambda: _NoIPython(),
+          "display": lambda *objs, **kw: [_render(o) for o in objs]}
     times, n_warn, t0 = [], 0, time.time()
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":

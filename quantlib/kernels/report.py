@@ -159,12 +159,22 @@ def check_table(results: dict) -> Table:
     return t
 
 
-def benchmark_table(results: dict, skipped: bool = False) -> Table:
+def benchmark_table(results: dict, skipped: bool = False, bars: bool = True,
+                    square_only: bool = False) -> Table:
     """Every benchmark of a GPU run: kernel, measured shape, our number, the baseline's, the
     ratio and the bar (benchmarks the run skipped are left out unless `skipped`; GB/s vs a copy for quantize kernels, TFLOP/s vs torch._scaled_mm for FP8
     GEMMs, time vs cuBLAS BF16 for W4A16)."""
     t = Table(["benchmark", "measured shape", "ours", "baseline", "ratio", "bar", "pass"],
               title=f"Benchmarks on {results['device']}, {results['date'][:10]}", digits=2)
+    if square_only:       # one shape per kernel: 8192 x 8192 weights, the default decoders
+        results = {**results, "benchmarks": [
+            b for b in results["benchmarks"] if "decoder" not in b["bench"]
+            and b.get("N", 8192) == 8192 and b.get("K", 8192) == 8192]}
+    if not bars:
+        t = _without(benchmark_table(results, skipped), ("bar", "pass"))
+        t.title = (f"quantlib's kernels against the best torch baseline on {results['device']}, "
+                   f"torch {results['torch'].split('+')[0]}, Triton {results['triton']}")
+        return t
     for b in results["benchmarks"]:
         name = b["bench"]
         if "skipped" in b and not skipped:
@@ -183,6 +193,153 @@ def benchmark_table(results: dict, skipped: bool = False) -> Table:
                       f"{b['copy GB/s']:.0f} GB/s", b["ratio"], b["bar"], b["pass"]])
         else:
             t.append([name, "-", f"{b.get('GB/s', 0):.0f} GB/s", "-", None, None, None])
+    return t
+
+
+def _without(t: Table, drop) -> Table:
+    keep = [i for i, c in enumerate(t.columns) if c not in drop]
+    return Table([t.columns[i] for i in keep], [[r[i] for i in keep] for r in t.rows],
+                 title=t.title, digits=t.digits)
+
+
+_KINDS = [("quantize", "quantize + dequantize", "codes, scales, values: bit for bit vs the CPU "
+           "reference"),
+          ("fp8_scaled_mm", "FP8 GEMM (W8A8)", "error vs float64, as a share of the FP32 bound"),
+          ("W8A16", "FP8/MXFP8 weights (W8A16)", "error vs float64, as a share of the FP32 bound"),
+          ("W4A16", "NVFP4/MXFP4 weights (W4A16)", "error vs float64, as a share of the FP32 "
+           "bound")]
+
+
+def _kind(check: str) -> str:
+    if check.startswith("quantize"):
+        return "quantize"
+    if check.startswith("fp8_scaled_mm"):
+        return "fp8_scaled_mm"
+    return "W4A16" if check.startswith(("nvfp4", "mxfp4")) else "W8A16"
+
+
+def check_summary(results: dict) -> Table:
+    """The checks of a GPU run in one screen: per kind of kernel, how many passed and the
+    largest error as a share of the FP32 worst-case bound (GEMMs)."""
+    import re
+    t = Table(["kernels", "checks", "passed", "largest error / FP32 bound", "compared"],
+              title=f"Checks on {results['device']} ({results['compute_capability']}), "
+                    f"torch {results['torch'].split('+')[0]}, Triton {results['triton']}",
+              digits=4)
+    for key, name, what in _KINDS:
+        cs = [c for c in results["checks"] if _kind(c["check"]) == key]
+        errs = [float(m) for c in cs
+                for m in re.findall(r"bound(?: =|: ours) ([0-9.e+-]+)", c["detail"])]
+        t.append([name, len(cs), sum(c["pass"] for c in cs), max(errs) if errs else None, what])
+    return t
+
+
+def peer_table(path=None) -> Table | None:
+    """Decode-sized weight-only GEMMs of quantlib beside its peers (benchmarks/results/
+    peers_*.json): time of cuBLAS BF16 / time of the kernel, above 1 is faster than BF16."""
+    if path is None:
+        files = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "results")
+                       .glob("peers_*.json"))
+        if not files:
+            return None
+        path = files[-1]
+    with open(path) as f:
+        run = json.load(f)
+    t = Table(["N x K", "M", *run["columns"]], digits=2,
+              title=f"Speed-up over cuBLAS BF16 on an {run['device']}, torch {run['torch']}, "
+                    f"Triton {run['triton']}")
+    for r in run["rows"]:
+        t.append([f"{r['N']} x {r['K']}", r["M"], *r["ratios"]])
+    return t
+
+
+def limits_table(results: dict, peaks: dict = None) -> Table:
+    """What limits each benchmarked kernel: bytes it moves per output value, the time the
+    measured copy bandwidth and the dense tensor-core peak allow (the larger is the floor), and
+    how close the measured time comes to that floor."""
+    peaks = peaks or H100_PEAKS
+    from quantlib.recipes import get_recipe
+    copy = next(b["GB/s"] for b in results["benchmarks"] if b["bench"].startswith("device copy"))
+    t = Table(["benchmark", "bytes / output", "memory floor", "compute floor", "measured",
+               "floor / measured", "bound by"], digits=2,
+              title=f"What limits each kernel on {results['device']} (copy {copy / 1e3:.2f} TB/s,"
+                    f" {peaks['bf16']:.0f} BF16 / {peaks['fp8']:.0f} FP8 dense TFLOP/s)")
+    seen = set()
+    for b in results["benchmarks"]:
+        if "ms" not in b or "fp32 E2M1" in b["bench"]:
+            continue
+        if "M" in b:
+            m, n, k = b["M"], b["N"], b["K"]
+            if "speedup" in b:
+                bits = get_recipe(b["recipe"]).bits_per_element((n, k))
+                byts, peak = 2 * m * k + n * k * bits / 8 + 2 * m * n, peaks["bf16"]
+            else:
+                byts, peak = m * k + n * k + 2 * m * n, peaks["fp8"]
+            outs, comp = m * n, 2.0 * m * n * k / (peak * 1e12) * 1e3
+        else:
+            # bytes the run counted (input read once + codes + scales, or codes + output)
+            byts, outs, comp = b["GB/s"] * 1e6 * b["ms"], b["shape"][0] * b["shape"][1], 0.0
+        key = b["bench"].split(" M=")[0].split(" 8192")[0] + (f" M={b['M']}" if "M" in b else "")
+        if key in seen:
+            continue
+        seen.add(key)
+        mem = byts / (copy * 1e9) * 1e3
+        t.append([b["bench"], byts / outs, f"{mem * 1e3:.1f} us",
+                  f"{comp * 1e3:.1f} us" if comp else "-",
+                  f"{b['ms'] * 1e3:.1f} us", max(mem, comp) / b["ms"],
+                  "memory" if mem >= comp else "compute"])
+    return t
+
+
+def roofline_figure(results: dict, peaks: dict = None):
+    """The GEMM points of a GPU run under the GPU's BF16 and FP8 roofs (log-log)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    peaks = peaks or H100_PEAKS
+    pts = roofline_points(results)
+    ai = np.logspace(-0.5, 4, 200)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for peak, name in [(peaks["fp8"], "FP8"), (peaks["bf16"], "BF16")]:
+        ax.loglog(ai, np.minimum(peak, ai * peaks["hbm_tbs"]), "--", lw=1,
+                  label=f"roof, {name} ({peak:.0f} TFLOP/s, {peaks['hbm_tbs']} TB/s)")
+    for kernel, marker in [("FP8 GEMM tensor (ours)", "o"), ("FP8 GEMM row (ours)", "s"),
+                           ("FP8 GEMM block (ours)", "D"), ("torch._scaled_mm", "x"),
+                           ("W4A16 (ours)", "^"), ("W8A16 (ours)", "<"), ("cuBLAS BF16", "v")]:
+        p = [q for q in pts if q["kernel"] == kernel]
+        ax.scatter([q["ai"] for q in p], [q["tflops"] for q in p], marker=marker, label=kernel)
+    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+    ax.set_ylabel("TFLOP/s")
+    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def gemv_timing(n: int = 8192, k: int = 8192, reps: int = 50) -> Table:
+    """On a CUDA GPU: one token through an n x k layer, NVFP4 weights (nvfp4_matmul) against
+    cuBLAS BF16, each replayed from a CUDA graph."""
+    import quantlib.kernels as K
+    if not torch.cuda.is_available():
+        raise RuntimeError("gemv_timing needs a CUDA GPU")
+    w = torch.randn(n, k, device="cuda")
+    wq, wb = K.nvfp4_quantize(w), w.bfloat16()
+    x = torch.randn(1, k, device="cuda").bfloat16()
+    t = Table(["kernel", "time (us)", "speed-up over BF16"], digits=2,
+              title=f"1 x {n} x {k} on {torch.cuda.get_device_name()}")
+    times = {}
+    for name, fn in [("cuBLAS BF16", lambda: x @ wb.T), ("NVFP4 W4A16", lambda: K.nvfp4_matmul(x, wq))]:
+        fn()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            fn()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times[name] = a.elapsed_time(b) / reps * 1e3
+        t.append([name, times[name], times["cuBLAS BF16"] / times[name]])
     return t
 
 
@@ -223,3 +380,31 @@ def kernel_source(kernel) -> str:
     while hasattr(fn, "fn"):
         fn = fn.fn
     return inspect.getsource(fn)
+
+
+def _wq_outputs(x, codes, scales, ts, configs):
+    """The W4A16 product of NVFP4 weights under each kernel configuration, FP32 out."""
+    from quantlib.kernels import _wq_gemm
+    return [_wq_gemm.wq_mm(x, codes, scales, ts, "nvfp4", out_dtype=torch.float32, config=c)
+            for c in configs.values()]
+
+
+def wq_error_table(configs: dict, m: int = 4, n: int = 96, k: int = 512, seed: int = 0,
+                   where: str = "auto") -> Table:
+    """m tokens through a k -> n layer with NVFP4 weights, by the W4A16 kernels in each
+    configuration (on the GPU when there is one, else the CPU interpreter): the largest
+    |y - exact| as a share of the worst-case bound of FP32 accumulation (float64 exact)."""
+    import quantlib.kernels as K
+    g = torch.Generator().manual_seed(seed)
+    w = K.nvfp4_quantize(torch.randn(n, k, generator=g), path="reference")
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    x64, w64 = x.double(), w.dequantize().double()
+    exact = x64 @ w64.T
+    bound = (x64.abs() @ w64.abs().T) * k * 2.0**-23
+    t = Table(["kernel", "configuration", "max |y - exact| / FP32 bound"], digits=6,
+              title=f"NVFP4 W4A16, {m} tokens through a {k} -> {n} layer "
+                    f"({'GPU' if kernel_device(where) == 'cuda' else 'CPU interpreter'})")
+    ys = run_kernel(_wq_outputs, x, w.codes, w.scales, w.tensor_scale, configs, where=where)
+    for (name, cfg), y in zip(configs.items(), ys):
+        t.append([name, str(cfg), float(((y.double() - exact).abs() / bound).max())])
+    return t
