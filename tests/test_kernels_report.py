@@ -105,3 +105,60 @@ def test_results_tables_and_roofline(tmp_path):
 def test_kernel_source_unwraps_the_jit():
     src = kernel_source(_minifloat.encode_minifloat)
     assert src.startswith("@triton.jit") and "def encode_minifloat" in src
+
+
+RUN2 = {**RUN, "compute_capability": "sm_90", "torch": "2.11.0+cu130", "triton": "3.6.0",
+        "checks": RUN["checks"] + [
+            {"check": "fp8_scaled_mm x", "pass": True, "detail": "max err / fp32 bound = 0.137"},
+            {"check": "fp8_scaled_mm vs torch._scaled_mm", "pass": True,
+             "detail": "max err / fp32 bound: ours 0.42, torch._scaled_mm 0.42"},
+            {"check": "nvfp4 matmul M=1", "pass": True, "detail": "max err / fp32 bound = 5e-05"}]}
+
+
+def test_check_summary_groups_and_takes_the_largest_error():
+    t = report.check_summary(RUN2)
+    rows = {r[0]: r for r in t.rows}
+    assert rows["FP8 GEMM (W8A8)"][1:4] == [2, 2, 0.42]
+    assert rows["NVFP4/MXFP4 weights (W4A16)"][1:4] == [1, 1, 5e-05]
+    assert rows["quantize + dequantize"][1:4] == [1, 1, None]
+    assert rows["FP8/MXFP8 weights (W8A16)"][1:3] == [1, 0]      # "gemm b" failed
+    assert "sm_90" in t.title and "2.11.0," in t.title
+
+
+def test_benchmark_table_for_readers_drops_bars_and_other_shapes():
+    t = report.benchmark_table(RUN2, bars=False, square_only=True)
+    assert "bar" not in t.columns and "pass" not in t.columns
+    assert t.column("ratio") == [None, 0.9, 0.92, 3.0]
+
+
+def test_limits_table_floors():
+    t = report.limits_table(RUN2)
+    row = {r[0]: r for r in t.rows}
+    w4 = row["w4a16"]                       # M=1: 8192 outputs, bytes 2K + NK*4.5/8 + 2N
+    assert w4[1] == pytest.approx((2 * 8192 + 8192**2 * 0.5625 + 2 * 8192) / 8192)
+    assert w4[-1] == "memory"
+    mem_us = (2 * 8192 + 8192**2 * 0.5625 + 2 * 8192) / 3000e9 * 1e6
+    assert w4[5] == pytest.approx(mem_us / 15.0)         # floor / measured (15 us)
+    assert row["fp8 mm"][-1] == "compute"               # 2*8192^3 FLOP at 1979 TFLOP/s
+
+
+def test_peer_table_reads_the_committed_run():
+    t = report.peer_table()
+    if t is None:
+        pytest.skip("no committed peers run in this checkout")
+    assert t.columns[:3] == ["N x K", "M", "quantlib NVFP4"] and len(t.rows) >= 1
+
+
+def test_wq_error_table_within_the_fp32_bound():
+    t = report.wq_error_table({"GEMV": ("gemv", 4, 16, 64, 1, 4, 1),
+                               "GEMV split 4": ("gemv", 4, 16, 64, 4, 4, 1)}, m=2, n=32, k=256)
+    errs = t.column("max |y - exact| / FP32 bound")
+    assert all(0 < e < 0.01 for e in errs)
+
+
+def test_roofline_figure_draws_every_point():
+    import matplotlib
+    matplotlib.use("Agg")
+    fig = report.roofline_figure(RUN2)
+    n = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
+    assert n == len(report.roofline_points(RUN2))

@@ -162,8 +162,10 @@ def check_table(results: dict) -> Table:
 def benchmark_table(results: dict, skipped: bool = False, bars: bool = True,
                     square_only: bool = False) -> Table:
     """Every benchmark of a GPU run: kernel, measured shape, our number, the baseline's, the
-    ratio and the bar (benchmarks the run skipped are left out unless `skipped`; GB/s vs a copy for quantize kernels, TFLOP/s vs torch._scaled_mm for FP8
-    GEMMs, time vs cuBLAS BF16 for W4A16)."""
+    ratio and the bar (benchmarks the run skipped are left out unless `skipped`; GB/s vs a
+    copy for quantize kernels, TFLOP/s vs torch._scaled_mm for FP8
+    GEMMs, time vs cuBLAS BF16 for W4A16). For readers: `bars=False` drops the bar and pass
+    columns, `square_only` keeps one shape per kernel (8192 x 8192 weights)."""
     t = Table(["benchmark", "measured shape", "ours", "baseline", "ratio", "bar", "pass"],
               title=f"Benchmarks on {results['device']}, {results['date'][:10]}", digits=2)
     if square_only:       # one shape per kernel: 8192 x 8192 weights, the default decoders
@@ -271,7 +273,7 @@ def limits_table(results: dict, peaks: dict = None) -> Table:
         if "M" in b:
             m, n, k = b["M"], b["N"], b["K"]
             if "speedup" in b:
-                bits = get_recipe(b["recipe"]).bits_per_element((n, k))
+                bits = get_recipe(b.get("recipe", "nvfp4")).bits_per_element((n, k))
                 byts, peak = 2 * m * k + n * k * bits / 8 + 2 * m * n, peaks["bf16"]
             else:
                 byts, peak = m * k + n * k + 2 * m * n, peaks["fp8"]
@@ -326,7 +328,8 @@ def gemv_timing(n: int = 8192, k: int = 8192, reps: int = 50) -> Table:
     t = Table(["kernel", "time (us)", "speed-up over BF16"], digits=2,
               title=f"1 x {n} x {k} on {torch.cuda.get_device_name()}")
     times = {}
-    for name, fn in [("cuBLAS BF16", lambda: x @ wb.T), ("NVFP4 W4A16", lambda: K.nvfp4_matmul(x, wq))]:
+    for name, fn in [("cuBLAS BF16", lambda: x @ wb.T),
+                     ("NVFP4 W4A16", lambda: K.nvfp4_matmul(x, wq))]:
         fn()
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
