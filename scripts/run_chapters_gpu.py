@@ -57,15 +57,22 @@ def _exec_cell(code: str, ns: dict) -> None:
 
 def run_one(path: str) -> dict:
     """Run one chapter in this process; the result as a dict (printed as JSON by the child)."""
-    import contextlib
-    import io
-    import warnings
-
     import matplotlib
     matplotlib.use("Agg")
     import nbformat
     nb = nbformat.read(path, as_version=4)
-    os.chdir(os.path.dirname(os.path.abspath(path)))
+    cwd = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(path)))      # as Jupyter: the notebook's folder
+    try:
+        return _run_cells(nb)
+    finally:
+        os.chdir(cwd)
+
+
+def _run_cells(nb) -> dict:
+    import contextlib
+    import io
+    import warnings
     ns = {"__name__": "__main__", "get_ipython": lambda: _NoIPython(),
           "display": lambda *objs, **kw: [_render(o) for o in objs]}
     times, n_warn, t0 = [], 0, time.time()
