@@ -162,3 +162,13 @@ def test_roofline_figure_draws_every_point():
     fig = report.roofline_figure(RUN2)
     n = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
     assert n == len(report.roofline_points(RUN2))
+
+
+def test_gemv_timing_needs_a_gpu_and_times_both_kernels_on_one():
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA GPU"):
+            report.gemv_timing(256, 256)
+        return
+    t = report.gemv_timing(1024, 1024, reps=3)
+    assert t.column("kernel") == ["cuBLAS BF16", "NVFP4 W4A16"]
+    assert all(v > 0 for v in t.column("time (us)"))
