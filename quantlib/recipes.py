@@ -230,7 +230,7 @@ _RECIPES += [
     Recipe("int4_channel", "int4", "channel", axis=0,
            description="INT4 symmetric, one scale amax/7 per output channel"),
     Recipe("int4_g128", "int4", "group", 128,
-           description="INT4 symmetric, scale amax/7 per group of 128 (GPTQ/AWQ layout)"),
+           description="INT4 symmetric, FP32 scale amax/7 per group of 128 (GPTQ/AWQ grouping)"),
     Recipe("int4_g128_asym", "uint4", "group", 128,
            description="INT4 asymmetric (UINT4 codes + zero point) per group of 128"),
     Recipe("int4_g64", "int4", "group", 64, description="INT4 symmetric, group of 64"),
