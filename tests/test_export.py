@@ -240,6 +240,14 @@ def test_fuse_shares_scales_and_export_refuses_unfused(llama, tmp_path):
     assert float(own.model.layers[0].self_attn.k_proj.weight_tensor_scale) <= ts.pop()
     with pytest.raises(ValueError, match="fuse='auto'"):
         save_quantized(own, tmp_path / "x")
+    gq = quantize_model(model, "nvfp4", skip=["lm_head"], fuse="auto", method="gptq",
+                        calibration=[ids])
+    up, gate = gq.model.layers[0].mlp.up_proj, gq.model.layers[0].mlp.gate_proj
+    assert float(up.weight_tensor_scale) == float(gate.weight_tensor_scale)
+    save_quantized(gq, tmp_path / "gptq")                       # accepted: partitions agree
+    with pytest.raises(ValueError, match="smoothing"):
+        quantize_model(model, "nvfp4", skip=["lm_head"], fuse="auto", smooth="awq",
+                       calibration=[ids])
     st = quantize_model(model, W8A8_STATIC, skip=["lm_head"], fuse="auto", calibration=[ids])
     mlp = st.model.layers[0].mlp
     assert float(mlp.gate_proj.weight_scales) == float(mlp.up_proj.weight_scales)

@@ -20,14 +20,14 @@ Per quantized layer (nn.Linear layout [N, K]):
 """
 from __future__ import annotations
 
-import dataclasses
+import re
 
 import torch
 
 from quantlib.export import _core
 from quantlib.packing import pack_nibbles, unpack_nibbles
 from quantlib.qtensor import QuantizedTensor
-from quantlib.recipes import RECIPES, Recipe, get_recipe
+from quantlib.recipes import RECIPES, Recipe
 from quantlib.scaling import fp32_scale, nvfp4_scale
 
 E4M3 = "torch.float8_e4m3fn"
@@ -222,7 +222,6 @@ def export(model, input_amax: dict) -> tuple[dict, dict]:
 
 # ---- reading ------------------------------------------------------------------------------------
 def _matches(name: str, target: str) -> bool:
-    import re
     if target.startswith("re:"):
         return re.match(target[3:], name) is not None
     return name == target or target in ("Linear",)
@@ -327,4 +326,4 @@ def _sshape(r, shape):
 
 __all__ = ["export", "read", "weight_scheme", "layer_scheme", "layer_tensors",
            "quantization_config", "pack_int4", "unpack_int4", "pack_zero_point",
-           "unpack_zero_point", "global_scale", "recipe_of", "get_recipe", "dataclasses"]
+           "unpack_zero_point", "global_scale", "recipe_of"]
