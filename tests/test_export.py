@@ -14,7 +14,15 @@ from compressed_tensors.quantization import QuantizationScheme  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from quantlib.export import load_checkpoint, save_quantized  # noqa: E402
-from quantlib.export._core import as_served, read_folder  # noqa: E402
+from quantlib.export import as_served, load_served  # noqa: E402
+from quantlib.export._core import read_folder  # noqa: E402
+from quantlib.export.report import (  # noqa: E402
+    compare_table,
+    files_table,
+    scale_conventions,
+    tensors_table,
+)
+from quantlib.models.hf_llama import hf_llama  # noqa: E402
 from quantlib.nn import quantize_model  # noqa: E402
 from quantlib.nn.linear import QuantConfig  # noqa: E402
 from quantlib.recipes import RECIPES, get_recipe  # noqa: E402
@@ -34,12 +42,7 @@ SCHEMES = {
 
 @pytest.fixture(scope="module")
 def llama():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256,
-                                   num_hidden_layers=1, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=32,
-                                   tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = hf_llama(num_hidden_layers=1, vocab_size=128, seed=0)
     ids = torch.randint(0, 128, (2, 8))
     return model, ids
 
@@ -119,8 +122,7 @@ def test_round_trip_codes(name, quantized, llama, tmp_path):
 def test_transformers_loads_4bit_in_bf16(name, quantized, llama, tmp_path):
     """compressed-tensors decompresses NVFP4/MX to BF16: compare with the served BF16 model."""
     q, ids = quantized(name), llama[1]
-    hf = transformers.AutoModelForCausalLM.from_pretrained(_saved(q, tmp_path),
-                                                           dtype=torch.bfloat16)
+    hf = load_served(_saved(q, tmp_path), dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(hf(ids).logits, as_served(q, torch.bfloat16)(ids).logits)
 
@@ -293,3 +295,22 @@ def test_errors(llama, tmp_path):
     with pytest.raises(ValueError, match="max_shard_size"):
         save_quantized(quantize_model(model, "nvfp4", skip=["lm_head"], fuse="auto"),
                        tmp_path / "f", max_shard_size="lots")
+
+
+def test_report_tables(quantized, tmp_path):
+    q = quantized("nvfp4a16")
+    path = _saved(q, tmp_path, "modelopt")
+    assert [r[0] for r in files_table(path).rows] == ["config.json", "hf_quant_config.json",
+                                                       "model.safetensors"]
+    rows = tensors_table(path, "layers.0.mlp.up_proj").rows
+    assert [(r[0].rsplit(".", 1)[1], r[1], r[2]) for r in rows] == [
+        ("weight", "U8", "(256, 64)"), ("weight_scale", "F8_E4M3", "(256, 8)"),
+        ("weight_scale_2", "F32", "()")]
+    cmp = compare_table(q, load_checkpoint(path))
+    assert len(cmp.rows) == 7 and all(r[1] and r[2] and r[4] for r in cmp.rows)
+    s = torch.tensor(3.0)                        # 1/3 is not a float32: fl(1/fl(1/3)) == 3?
+    t = {r[0].split("  ")[0]: r[1] for r in scale_conventions(s, 1.0, 6.0).rows}
+    g = 1.0 / s
+    f = lambda v: f"{float(v):.9g}"              # noqa: E731  (9 digits tell float32s apart)
+    assert t["g = fl(1 / s_t)"] == f(g) and t["fl(1 / g)"] == f(1.0 / g)
+    assert t["weight 6 x 1 x g"] == f(6.0 * g) and t["g^2"] == f(g * g)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from quantlib.export import _core
+from quantlib.export._core import as_served, load_served
 from quantlib.export import compressed_tensors as _ct
 from quantlib.export import fp8_block as _fp8b
 from quantlib.export import modelopt as _mo
@@ -141,4 +142,4 @@ def load_checkpoint(path) -> Checkpoint:
 
 
 __all__ = ["save_quantized", "load_checkpoint", "Checkpoint", "checkpoint_format", "FORMATS",
-           "input_amax"]
+           "input_amax", "as_served", "load_served"]

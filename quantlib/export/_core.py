@@ -189,3 +189,28 @@ def as_served(model: nn.Module, dtype=torch.bfloat16) -> nn.Module:
         if t.is_floating_point():
             t.data = t.data.to(dtype)
     return m
+
+
+def load_served(path, dtype=torch.bfloat16) -> nn.Module:
+    """The folder as `transformers.AutoModelForCausalLM.from_pretrained` loads it (through the
+    compressed-tensors package for that format, weights decompressed), offline. Progress bars
+    are dropped; any other output on stderr is passed on."""
+    import contextlib
+    import io
+    import sys
+
+    from quantlib.models.hf_llama import quiet_transformers
+    transformers = quiet_transformers()
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+        # compressed-tensors decompresses the weights on the first forward (a pre-hook): do it
+        # now, so that the bars it draws are dropped here too
+        compressor = getattr(getattr(model, "hf_quantizer", None), "compressor", None)
+        if getattr(model, "ct_decompress_hook", None) is not None and compressor is not None:
+            compressor.decompress_model(model)
+    rest = [ln for ln in buf.getvalue().splitlines()
+            if ln.strip() and "it/s]" not in ln and "%|" not in ln]
+    if rest:
+        sys.stderr.write("\n".join(rest) + "\n")
+    return model.eval()
