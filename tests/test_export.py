@@ -314,3 +314,21 @@ def test_report_tables(quantized, tmp_path):
     f = lambda v: f"{float(v):.9g}"              # noqa: E731  (9 digits tell float32s apart)
     assert t["g = fl(1 / s_t)"] == f(g) and t["fl(1 / g)"] == f(1.0 / g)
     assert t["weight 6 x 1 x g"] == f(6.0 * g) and t["g^2"] == f(g * g)
+
+
+def test_g_idx_contiguous_groups_read_and_permuted_refused(quantized, tmp_path):
+    """quantlib's GPTQ act-order keeps contiguous groups (scales fixed from the weight before
+    the column loop), so a trivial weight_g_idx reads; a permuted one cannot be a
+    QuantizedTensor and is refused."""
+    from safetensors.torch import save_file
+    q = quantized("int4_g32")
+    path = _saved(q, tmp_path)
+    _, tensors = read_folder(path)
+    n = "model.layers.0.mlp.down_proj"
+    tensors[f"{n}.weight_g_idx"] = torch.arange(256, dtype=torch.int32) // 32
+    save_file(tensors, str(path / "model.safetensors"))
+    assert torch.equal(load_checkpoint(path)[n].codes, _qlayers(q)[n].qweight.codes)
+    tensors[f"{n}.weight_g_idx"] = torch.arange(256, dtype=torch.int32) % 8
+    save_file(tensors, str(path / "model.safetensors"))
+    with pytest.raises(ValueError, match="act-order"):
+        load_checkpoint(path)
