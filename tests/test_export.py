@@ -292,6 +292,9 @@ def test_errors(llama, tmp_path):
                        tmp_path / "d")
     with pytest.raises(ValueError, match="fp8_e4m3_128x128"):
         save_quantized(q, tmp_path / "e", format="fp8-block")
+    part = quantize_model(model, "nvfp4", skip=["lm_head", "*.v_proj"], fuse="auto")
+    with pytest.raises(ValueError, match="quantize all or none"):
+        save_quantized(part, tmp_path / "g")
     with pytest.raises(ValueError, match="max_shard_size"):
         save_quantized(quantize_model(model, "nvfp4", skip=["lm_head"], fuse="auto"),
                        tmp_path / "f", max_shard_size="lots")

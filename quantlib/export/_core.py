@@ -49,9 +49,10 @@ def unquantized_linears(model: nn.Module) -> list[str]:
             if isinstance(m, nn.Linear) and not isinstance(m, QuantLinear)]
 
 
-def check_fused(layers: dict[str, QuantLinear], input_scale=None) -> None:
+def check_fused(layers: dict[str, QuantLinear], input_scale=None, linear_names=None) -> None:
     """Servers run q/k/v and gate/up as one GEMM with one global (tensor) scale and one input
-    scale: refuse partitions that differ (config, tensor scale, static input amax)."""
+    scale: refuse partitions that differ (config, tensor scale, static input amax), and, given
+    every linear layer's name, groups only partly quantized."""
     all_linear = list(layers)
     for group in fused_groups(all_linear):
         qs = [layers[n] for n in group]
@@ -72,23 +73,18 @@ def check_fused(layers: dict[str, QuantLinear], input_scale=None) -> None:
             raise ValueError(f"the fused layers {group} have different {what}; a server runs "
                              f"them as one GEMM with one scale. Quantize with "
                              f"quantize_model(..., fuse='auto') so they share it")
-    present = set(layers)
-    for group in fused_groups([n for n in _siblings(present)]):
-        if 0 < len(present & set(group)) < len(group):
-            raise ValueError(f"of the fused layers {group} only {sorted(present & set(group))} "
-                             f"are quantized: a server fuses them into one layer, so quantize "
-                             f"all or none of them (skip=)")
+    if linear_names is not None:
+        present = set(layers)
+        for group in fused_groups(linear_names):
+            if 0 < len(present & set(group)) < len(group):
+                raise ValueError(f"of the fused layers {group} only "
+                                 f"{sorted(present & set(group))} are quantized: a server fuses "
+                                 f"them into one layer, so quantize all or none of them (skip=)")
 
 
-def _siblings(names):
-    from quantlib.nn.fuse import FUSED_NAMES
-    out = set(names)
-    for n in names:
-        parent, _, child = n.rpartition(".")
-        for fused in FUSED_NAMES:
-            if child in fused:
-                out.update(f"{parent}.{c}" if parent else c for c in fused)
-    return out
+def linear_names(model: nn.Module) -> list[str]:
+    """Every linear layer of the model, quantized or not."""
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear))]
 
 
 def dense_tensors(model: nn.Module, layers: dict[str, QuantLinear], dtype) -> dict:

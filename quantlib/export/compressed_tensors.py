@@ -204,7 +204,7 @@ def quantization_config(schemes: dict, ignore: list[str]) -> dict:
 def export(model, input_amax: dict) -> tuple[dict, dict]:
     """(quantization_config, {name: tensor}) of a quantized model's quantized layers."""
     layers = _core.quant_layers(model)
-    _core.check_fused(layers, input_amax)
+    _core.check_fused(layers, input_amax, _core.linear_names(model))
     schemes, tensors = {}, {}
     for name, q in layers.items():
         try:
@@ -302,7 +302,8 @@ def read(config: dict, tensors: dict) -> dict:
         else:
             wt = tensors[f"{m}.weight"]
             if wt.dtype != torch.float8_e4m3fn:
-                continue
+                raise ValueError(f"{m}: a {wt.dtype} weight with weight_scale (scheme {w}) is "
+                                 f"not a layout quantlib reads (NVFP4, MXFP4, MXFP8, FP8, INT4)")
             shape = wt.shape
             r = recipe_of(w, shape)
             sc = sc.contiguous() if r.scale_format == "e8m0" else \

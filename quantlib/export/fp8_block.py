@@ -24,7 +24,7 @@ CONFIG = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
 
 def export(model) -> tuple[dict, dict]:
     layers = _core.quant_layers(model)
-    _core.check_fused(layers)
+    _core.check_fused(layers, None, _core.linear_names(model))
     tensors = {}
     for name, q in layers.items():
         w, a = q.config.weight, q.config.activation

@@ -62,7 +62,7 @@ def export(model, input_amax: dict) -> tuple[dict, dict, dict]:
     """(config.json's quantization_config, {name: tensor}, hf_quant_config.json)."""
     from quantlib import __version__
     layers = _core.quant_layers(model)
-    _core.check_fused(layers, input_amax)
+    _core.check_fused(layers, input_amax, _core.linear_names(model))
     algos, tensors = {}, {}
     for name, q in layers.items():
         try:
