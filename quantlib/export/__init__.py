@@ -107,6 +107,15 @@ class Checkpoint:
     def __len__(self) -> int:
         return len(self.weights)
 
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __contains__(self, name) -> bool:
+        return name in self.weights
+
+    def items(self):
+        return self.weights.items()
+
 
 def checkpoint_format(path) -> str:
     """"compressed-tensors", "modelopt" or "fp8-block" from a folder's config files."""
