@@ -16,7 +16,8 @@ Per quantized layer (nn.Linear layout [N, K]):
 - INT4 (`pack-quantized`): weight_packed int32 [N, K/8], element i in bits 4i..4i+3 of its
   word, stored as q + 8 (so a byte holds elements 2i, 2i+1 low nibble first, each XOR 8 of its
   two's-complement nibble); weight_scale [N, K/group]; weight_shape int64 [2];
-  weight_zero_point (asymmetric) stored as zp + 8, packed the same way along dim 0 (int32 [N/8, K/group]).
+  weight_zero_point (asymmetric) stored as zp + 8, packed the same way along dim 0
+  (int32 [N/8, K/group]).
 """
 from __future__ import annotations
 
