@@ -24,6 +24,7 @@ from quantlib.nn.calibrate import (
     max_calibrator,
     with_calibrator,
 )
+from quantlib.nn.fuse import fuse_plan
 from quantlib.nn.hadamard import random_hadamard_matrix
 from quantlib.nn.linear import QuantConfig, QuantLinear, get_config, supports_static
 from quantlib.nn.transforms import (
@@ -127,7 +128,8 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                    act_calibrator: str | Callable | None = None, method: str = "rtn",
                    inplace: bool = False, gptq_options: dict | None = None,
                    rotate: int = 0, smooth: str | None = None,
-                   smooth_alpha: float = 0.5, pad: bool = False) -> nn.Module:
+                   smooth_alpha: float = 0.5, pad: bool = False,
+                   fuse: str | None = None) -> nn.Module:
     """Quantize every nn.Linear of `model` (a copy unless inplace) with `config`.
 
     config: a QuantConfig, a name of `CONFIGS` ("w8a8_fp8", "nvfp4_w4a4", ...) or a recipe name
@@ -146,6 +148,8 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     zero-padded to whole blocks with pad=True; by default it stays in full precision, and one
     warning lists those layers. A linear module registered under several names (shared, tied)
     becomes one QuantLinear under all of them.
+    fuse="auto": q/k/v and gate/up share one tensor scale (NVFP4 global, per-tensor FP8) and
+    one static input scale, as servers that fuse them require (`quantlib.nn.fuse`).
     """
     cfg = get_config(config)
     if method not in ("rtn", "gptq"):
@@ -192,6 +196,7 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     transformed = rotate or smooth is not None
     act_amax = calibrate_activations(model, calibration, act_cal, names) \
         if static and not transformed else {}
+    recipe_of, act_amax = fuse_plan(fuse, names, layers, w_recipe, act_amax, H, smooth)
     gptq_options = dict(gptq_options or {})
     # Layer inputs: from one pass of the FP32 model when the transforms or GPTQ's
     # sequential=False ask for them; sequential GPTQ (each layer sees the already quantized
@@ -217,9 +222,10 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                 from quantlib.nn.gptq import gptq_quantize, hessian
                 if x is None:
                     x = transformed_input(collect_inputs(model, calibration, [name])[name], H, s)
-                qweight, _ = gptq_quantize(w, hessian(x).to(w.device), w_recipe, **gptq_options)
+                qweight, _ = gptq_quantize(w, hessian(x).to(w.device), recipe_of[name],
+                                           **gptq_options)
             else:
-                qweight = quantize(w, w_recipe)
+                qweight = quantize(w, recipe_of[name])
         except ValueError as e:
             raise ValueError(f"layer {name!r} ({lin.out_features}x{lin.in_features}): {e}; or "
                              f"leave the layer in full precision with skip=[{name!r}]") from None
