@@ -47,7 +47,7 @@ def test_fp32_steps_match_float64_and_softmax_sums():
 def test_step_table_orders_the_errors():
     q, k, v = _qkv()
     rows = {r[0]: r for r in attention_step_errors(q, k, v, block=32).rows}
-    assert rows["softmax in FP32"][2] > 100
-    assert rows["softmax in BF16"][2] < rows["softmax in FP32"][2] - 40
+    assert rows["softmax in FP32"][2] == "> 100"          # float64 rounding level
+    assert 40 < rows["softmax in BF16"][2] < 70
     assert 15 < rows["QK^T: FP8 Q, K (block scales)"][2] < 40
     assert rows["all: FP8 Q, K, P x448, V"][3] < rows["PV: FP8 V (block scales)"][3]

@@ -188,7 +188,7 @@ def test_bytes_per_token_tie_to_the_memory_calculator(llama):
 
 
 def test_bytes_table():
-    t = kv_bytes_table(head_dim=128, kv_heads=8, layers=32)
+    t = kv_bytes_table("Llama-3-8B")            # 32 layers, 8 KV heads x 128
     rows = {r[0]: r for r in t.rows}
     assert rows["BF16"][2] == 2 * 32 * 8 * 128 * 2
     assert rows["fp8_token"][2] == 2 * 32 * 8 * (128 + 4)

@@ -213,20 +213,35 @@ class KVStore:
         return 0 if self.qt is None else self.qt.nbytes
 
 
-def kv_bytes_table(head_dim: int = 128, kv_heads: int = 8, layers: int = 32,
+def kv_bytes_table(config="Llama-3-8B",
                    recipes=("fp8_tensor_static", "fp8_token", "int8_token", "nvfp4")) -> Table:
-    """Bytes per token of the whole KV cache (K and V, every layer and KV head), per recipe,
-    from `quantlib.memory.kv_cache_memory`, next to BF16."""
-    from quantlib.memory.config import ModelConfig
-    cfg = ModelConfig(name="kv", hidden_size=head_dim * kv_heads, intermediate_size=1,
-                      num_hidden_layers=layers, num_attention_heads=kv_heads,
-                      num_key_value_heads=kv_heads, vocab_size=1, head_dim=head_dim)
+    """Bytes per token of a model's whole KV cache (K and V, every layer and KV head), per KV
+    recipe, from `quantlib.memory.kv_cache_memory` (chapter 10's calculator), next to BF16.
+    `config`: a ModelConfig or a preset name."""
+    from quantlib.memory.config import ModelConfig, get_model_config
+    cfg = config if isinstance(config, ModelConfig) else get_model_config(config)
     bf16 = kv_cache_memory(cfg, 1, 1, "BF16")
     t = Table(["KV recipe", "bits/element", "bytes/token", "vs BF16"], digits=3,
-              title=f"KV cache per token: {layers} layers x {kv_heads} KV heads x {head_dim}")
+              title=f"{cfg.name} KV cache per token: {cfg.num_hidden_layers} layers x "
+                    f"{cfg.num_key_value_heads} KV heads x {cfg.head_dim}")
     t.append(["BF16", 16.0, bf16, 1.0])
     for name in recipes:
-        f = get_kv_recipe(name).storage_format(head_dim)
+        f = get_kv_recipe(name).storage_format(cfg.head_dim)
         b = kv_cache_memory(cfg, 1, 1, f)
         t.append([name, f.bits_per_element, b, b / bf16])
+    return t
+
+
+def kv_recipes_table() -> Table:
+    """Every named KV recipe: element, who shares a scale, where the scale comes from."""
+    who = {"tensor": "the layer's K (or V)", "head": "one KV head", "token": "one token of "
+           "one head (head_dim values)", "nvfp4": "16 values of head_dim (E4M3) + FP32 tensor"}
+    t = Table(["KV recipe", "element", "one scale per", "scale from"], title="KV recipes")
+    for r in KV_RECIPES.values():
+        src = ("calibration (static)" if r.static else "each token" if r.granularity == "token"
+               else "the first update, then frozen")
+        if r.granularity == "nvfp4":
+            src = "blocks: each token; tensor: " + ("calibration" if r.static else "first update")
+        t.append([r.name, {"e4m3": "FP8 E4M3", "int8": "INT8", "e2m1": "FP4 E2M1"}[r.element],
+                  who[r.granularity], src])
     return t
