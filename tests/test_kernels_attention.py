@@ -33,7 +33,7 @@ needs_triton = pytest.mark.skipif(
 
 
 @needs_triton
-@pytest.mark.parametrize("recipe", ["fp8_token", "fp8_tensor", "fp8_head"])
+@pytest.mark.parametrize("recipe", ["fp8_token", "fp8_tensor", "fp8_head", "nvfp4"])
 @pytest.mark.parametrize("shape, splits, block", [
     ((2, 4, 2, 37, 16), 3, 8),        # GQA 2:1, T not a multiple of the block
     ((1, 6, 2, 20, 32), 4, 4),        # group of 3 (padded to 4), more splits than needed
@@ -81,6 +81,8 @@ def test_bad_input_is_refused():
     kq, vq = quantize_kv(k, "fp8_token"), quantize_kv(v, "fp8_token")
     with pytest.raises(ValueError, match="FP8 E4M3"):
         decode_attention(q, quantize_kv(k, "int8_token"), vq)
+    with pytest.raises(ValueError, match="both be NVFP4"):
+        decode_attention(q, quantize_kv(k, "nvfp4"), vq)
     with pytest.raises(ValueError, match="disagree"):
         decode_attention(q[..., :8], kq, vq)
     with pytest.raises(ValueError, match="multiple"):

@@ -276,7 +276,8 @@ def generate_table(model, input_ids, recipes, max_new_tokens: int = 8) -> Table:
     return t
 
 
-def kernel_check_table(recipes=("fp8_tensor", "fp8_head", "fp8_token"), shape=(2, 8, 2, 200, 32),
+def kernel_check_table(recipes=("fp8_tensor", "fp8_head", "fp8_token", "nvfp4"),
+                       shape=(2, 8, 2, 200, 32),
                        num_splits: int = 4, block_n: int = 16, seed: int = 0,
                        device: str = "cpu") -> Table:
     """decode_attention's Triton kernel against its plain-torch twin (bit for bit) and both

@@ -62,16 +62,29 @@ def tree_sum_ref(x: torch.Tensor) -> torch.Tensor:
     return x[..., 0]
 
 
-def decode_attention_partials_ref(q, kc, vc, ks, vs, qk_scale, n_splits, block_n):
+def _nvfp4_kv(codes, scales, ts):
+    """Decoded NVFP4 keys or values as the kernel forms them: E2M1 * (E4M3 scale * ts)."""
+    from quantlib.codecs import decode
+    from quantlib.packing import unpack_nibbles
+    s = decode(scales, "e4m3") * torch.as_tensor(ts, dtype=torch.float32, device=codes.device)
+    return decode(unpack_nibbles(codes), "e2m1") * s.repeat_interleave(16, -1)
+
+
+def decode_attention_partials_ref(q, kc, vc, ks, vs, qk_scale, n_splits, block_n, k_ts=None,
+                                  v_ts=None):
     """Twin of `_attention.decode_attention_partials`: per-split (m, l, acc), bit for bit."""
     from quantlib.codecs import decode
     B, Hq, D = q.shape
-    _, Hkv, T, _ = kc.shape
+    Hkv, T = kc.shape[1], kc.shape[2]
+    nvfp4 = k_ts is not None
     G = Hq // Hkv
     split_len = -(-(-(-T // n_splits)) // block_n) * block_n
     qs = torch.tensor(qk_scale, dtype=torch.float32, device=q.device)
     qg = q.float().reshape(B, Hkv, G, 1, 1, D)
-    k, v = decode(kc, "e4m3"), decode(vc, "e4m3")              # (B, Hkv, T, D), exact
+    if nvfp4:                                                  # (B, Hkv, T, D)
+        k, v = _nvfp4_kv(kc, ks, k_ts), _nvfp4_kv(vc, vs, v_ts)
+    else:
+        k, v = decode(kc, "e4m3"), decode(vc, "e4m3")
     m = torch.full((B, Hkv, G, n_splits), float("-inf"), device=q.device)
     l = torch.zeros_like(m)
     acc = torch.zeros((B, Hkv, G, n_splits, D), device=q.device)
@@ -81,15 +94,16 @@ def decode_attention_partials_ref(q, kc, vc, ks, vs, qk_scale, n_splits, block_n
         valid = t < T
         tc = t.clamp(max=T - 1)
         kb, vb = k[:, :, tc], v[:, :, tc]                                 # (B, Hkv, S, BN, D)
-        ksb, vsb = ks[:, :, tc], vs[:, :, tc]                             # (B, Hkv, S, BN)
         dot = tree_sum_ref(qg * kb[:, :, None])                           # (B, Hkv, G, S, BN)
-        s = (dot * ksb[:, :, None]) * qs
+        if not nvfp4:
+            ksb, vsb = ks[:, :, tc], vs[:, :, tc]                         # (B, Hkv, S, BN)
+        s = dot * qs if nvfp4 else (dot * ksb[:, :, None]) * qs
         s = torch.where(valid, s, float("-inf"))
         m_new = torch.maximum(m, s.amax(-1))
         p = torch.where(valid, exp2_poly_ref(s - m_new[..., None]), 0.0)
         alpha = torch.where(m == m_new, 1.0, exp2_poly_ref(m - m_new))
         l = l * alpha + tree_sum_ref(p)
-        pw = (p * vsb[:, :, None])[..., None, :]                          # (.., S, 1, BN)
+        pw = (p if nvfp4 else p * vsb[:, :, None])[..., None, :]          # (.., S, 1, BN)
         pv = tree_sum_ref(pw * vb[:, :, None].transpose(-1, -2))          # (.., S, D)
         acc = acc * alpha[..., None] + pv
         m = m_new
