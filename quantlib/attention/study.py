@@ -279,9 +279,11 @@ def generate_table(model, input_ids, recipes, max_new_tokens: int = 8) -> Table:
 def kernel_check_table(recipes=("fp8_tensor", "fp8_head", "fp8_token", "nvfp4"),
                        shape=(2, 8, 2, 200, 32),
                        num_splits: int = 4, block_n: int = 16, seed: int = 0,
-                       device: str = "cpu") -> Table:
-    """decode_attention's Triton kernel against its plain-torch twin (bit for bit) and both
-    against float64 attention over the dequantized cache; needs a GPU or the interpreter."""
+                       device: str | None = None) -> Table:
+    """decode_attention's Triton kernel against its plain-torch twin (bit for bit on the
+    interpreter) and both against float64 attention over the dequantized cache. device: the
+    GPU when there is one (a CPU tensor needs TRITON_INTERPRET=1)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     from quantlib.attention.kvcache import quantize_kv
     from quantlib.kernels import decode_attention
     g = torch.Generator().manual_seed(seed)
