@@ -359,3 +359,78 @@ def mx_matmul(x: torch.Tensor, w: QuantizedTensor, bias: torch.Tensor | None = N
     mx = lambda e: (lambda r: (r.element, r.scale_format, r.block) == (e, "e8m0", 32))
     kinds = {"mxfp4": mx("e2m1"), "mxfp8_e4m3": mx("e4m3"), "mxfp8_e5m2": mx("e5m2")}
     return _weight_mm(x, w, bias, out_dtype, path, kinds, "mx_matmul")
+
+
+# ---- decode attention over an FP8 KV cache -----------------------------------------------------
+__all__ += ["decode_attention"]
+
+
+def _kv_scales(qt: QuantizedTensor, name: str) -> torch.Tensor:
+    """The FP32 scale of every cached token as a (B, H, T) view (stride 0 where shared)."""
+    r = qt.recipe
+    B, H, T, _ = qt.shape
+    ok = r.element == "e4m3" and r.scale_format == "fp32" and (
+        r.granularity in ("tensor", "row") or (r.granularity == "channel" and r.axis == 1))
+    if not ok:
+        raise ValueError(f"decode_attention: {name} has recipe {r.name!r}; the kernel reads "
+                         f"FP8 E4M3 with one FP32 scale per tensor, per KV head (channel axis "
+                         f"1) or per token (row), or NVFP4: see quantlib.attention.KV_RECIPES")
+    return qt.scales.reshape((1, 1, 1) if r.granularity == "tensor" else
+                             (1, H, 1) if r.granularity == "channel" else (B, H, T)).expand(
+        B, H, T).float()
+
+
+def decode_attention(q: torch.Tensor, k: QuantizedTensor, v: QuantizedTensor,
+                     softmax_scale: float | None = None, num_splits: int | None = None,
+                     block_n: int = 16, path: str = "auto") -> torch.Tensor:
+    """softmax(q K^T * softmax_scale) V for one query token per sequence over an FP8 KV cache.
+
+    q (B, Hq, D) float; k, v: QuantizedTensors (B, Hkv, T, D), both FP8 E4M3 (quantlib.attention
+    KV recipes fp8_tensor*, fp8_head*, fp8_token) or both NVFP4 (nvfp4*); Hq a multiple of Hkv
+    (grouped-query attention), D a power of two. The codes are decoded in registers; the sequence is split in
+    `num_splits` parts (default: about one per 512 tokens, at most 32) merged in a fixed order.
+    Keys stored rotated (K H) need the query rotated the same way (q H). Returns (B, Hq, D)
+    float32."""
+    if not isinstance(q, torch.Tensor) or q.dtype not in _FLOATS or q.dim() != 3:
+        raise TypeError(f"decode_attention: q must be a (batch, heads, head_dim) float tensor, "
+                        f"got {getattr(q, 'dtype', type(q).__name__)} "
+                        f"{tuple(getattr(q, 'shape', ()))}")
+    for name, t in (("k", k), ("v", v)):
+        if not isinstance(t, QuantizedTensor) or len(t.shape) != 4:
+            raise TypeError(f"decode_attention: {name} must be a 4-D QuantizedTensor (batch, "
+                            f"kv_heads, tokens, head_dim), got {type(t).__name__}")
+    B, Hq, D = q.shape
+    if tuple(k.shape) != tuple(v.shape) or k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(f"decode_attention: q {tuple(q.shape)}, k {tuple(k.shape)} and v "
+                         f"{tuple(v.shape)} disagree (batch and head_dim must match)")
+    Hkv, T = k.shape[1], k.shape[2]
+    if Hq % Hkv or D & (D - 1) or T == 0:
+        raise ValueError(f"decode_attention: needs Hq ({Hq}) a multiple of Hkv ({Hkv}), "
+                         f"head_dim ({D}) a power of two and at least one cached token")
+    if block_n < 2 or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= 2, got {block_n}")
+    nvfp4 = [(t.recipe.element, t.recipe.scale_format, t.recipe.block) == ("e2m1", "e4m3", 16)
+             for t in (k, v)]
+    if nvfp4[0] != nvfp4[1]:
+        raise ValueError("decode_attention: k and v must both be NVFP4 or both FP8")
+    if nvfp4[0]:
+        if D % 16:
+            raise ValueError(f"decode_attention: NVFP4 needs head_dim a multiple of 16, got {D}")
+        ks, vs, kts, vts = k.scales, v.scales, k.tensor_scale, v.tensor_scale
+    else:
+        ks, vs, kts, vts = _kv_scales(k, "k"), _kv_scales(v, "v"), None, None
+    if num_splits is None:
+        num_splits = max(1, min(32, -(-T // 512)))
+    scale = softmax_scale if softmax_scale is not None else D ** -0.5
+    qk_scale = float(torch.tensor(scale * 1.4426950408889634, dtype=torch.float32))  # base 2
+    qf = q.float().contiguous()
+    args = (qf, k.codes.contiguous(), v.codes.contiguous(), ks, vs, qk_scale, num_splits,
+            block_n)
+    ts = {} if kts is None else {"k_ts": kts.reshape(()).item(), "v_ts": vts.reshape(()).item()}
+    if use_triton(k.codes, path):
+        from quantlib.kernels import _attention
+        with quiet():
+            m, l, acc = _attention.decode_attention_partials(*args, **ts)
+    else:
+        m, l, acc = reference.decode_attention_partials_ref(*args, **ts)
+    return reference.combine_splits(m, l, acc)

@@ -22,3 +22,12 @@ __all__ = [
     "percentile_calibrator", "prepare_qat", "qat_vs_ptq", "quantize_model", "size_by_component",
     "smoothquant_factors",
 ]
+
+
+def __getattr__(name):
+    # The transformers KV cache lives in quantlib.attention; imported on first use (transformers
+    # is needed only there).
+    if name in ("QuantizedKVCache", "calibrate_kv"):
+        from quantlib.attention import hf_cache
+        return getattr(hf_cache, name)
+    raise AttributeError(f"module 'quantlib.nn' has no attribute {name!r}")
