@@ -24,8 +24,9 @@ rows, so the time is the time to stream the weight bytes. The kernel is built fo
 - Split-K for parallelism (a 1-row product has N / BN output tiles, too few to fill a GPU):
   program axis 1 takes one K slice and writes its partial sums; `splitk_reduce_kernel` adds
   the slots in a fixed order. Deterministic: no float atomics.
-- The configuration is chosen ahead from the shape (`decode_config`): nothing is tuned inside
-  a CUDA-graph capture.
+- The configuration is chosen ahead from the shape (`decode_config`, or `TABLE`); on a GPU the
+  candidates of `decode_candidates` are timed once per shape on the first eager call
+  (`_tuning.tuned`), never inside a CUDA-graph capture (there the heuristic's choice runs).
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
+from quantlib.kernels.dispatch import quiet
 from quantlib.kernels._minifloat import decode_e4m3, decode_e8m0, to_f32
+from quantlib.kernels._tuning import tuned
 from quantlib.kernels._wq_gemm import _finish, splitk_reduce_kernel
 
 # W_FMT: 0 E2M1, 1 E4M3, 2 E5M2, 3 INT4, 4 UINT4 with zero point, 5 INT8
@@ -246,6 +249,8 @@ def decode_layout(qt) -> DecodeWeight:
 DECODE_MAX_M = 16       # the decode kernels' rows; larger M uses the tensor-core GEMMs
 GEMV_MAX_M = 4          # up to here, the CUDA-core reduction; above, tl.dot on 16-row tiles
 TABLE: dict = {}        # (M bucket, N, K, kind) -> config, filled by benchmarks if wanted
+AUTOTUNE = True         # on a GPU, time decode_candidates once per shape (never in a capture)
+_best: dict = {}
 
 
 def _pow2_floor(v: int) -> int:
@@ -272,17 +277,60 @@ def decode_config(M: int, N: int, K: int, dw: DecodeWeight, interpret: bool,
     if dot:
         bk = 64 if not group or group >= 64 else group
         bn = 64 if M <= 16 else 128
-    else:
-        bk = 64 if bits == 4 else 32
-        bn = 256 if bm == 1 else 128
-        if group and group < bk:
-            bk = max(group, bk) if bk % group == 0 else bk
+    else:       # about 64 products per thread per step (BM * BK * BN / 128 threads)
+        bk = 32
+        bn = 256 // bm
+    return _fit(M, N, K, group, dot, bm, bn, bk, sm_count)
+
+
+def _fit(M, N, K, group, dot, bm, bn, bk, sm_count, programs_per_sm=4):
+    """A config with BK shrunk to divide K and SPLIT_K chosen for ~programs_per_sm programs
+    per SM, each with at least two steps of its K slice."""
+    while K % max(bk, group) and bk > 16:
+        bk //= 2
     step = max(bk, group)
     tiles = triton.cdiv(N, bn) * triton.cdiv(M, bm)
-    sk = _pow2_floor(max(1, 4 * sm_count // max(tiles, 1)))
+    sk = _pow2_floor(max(1, programs_per_sm * sm_count // max(tiles, 1)))
     while sk > 1 and (K % (sk * step) or K // sk < 2 * step):
         sk //= 2
-    return (dot, bm, bn, bk, sk, 4, 2 if not dot else 3)
+    return (dot, bm, bn, bk, sk, 4, 3 if dot else 2)
+
+
+def decode_candidates(M: int, N: int, K: int, dw: DecodeWeight, sm_count: int):
+    """What a GPU run may time (outside any capture), the heuristic's choice first: two other
+    tile shapes, fewer or more programs per SM (at most 7 configs: each is a compile)."""
+    first = decode_config(M, N, K, dw, False, sm_count)
+    dot, bm = first[:2]
+    group = dw.group or 0
+    shapes = [(32, 64), (64, 128)] if dot else [(128 // bm, 64), (512 // bm, 32)]
+    out = [first]
+    for bn, bk in [first[2:4]] + shapes:
+        if dot and group and bk > group:
+            continue
+        for pps in (2, 8):
+            out.append(_fit(M, N, K, group, dot, bm, max(bn, 16), bk, sm_count, pps))
+    seen = set()
+    return [c for c in out if not (c in seen or seen.add(c))
+            and config_error(c, M, K, dw) is None]
+
+
+def config_error(config, M: int, K: int, dw: DecodeWeight) -> str | None:
+    """Why `config` cannot compute this product (None when it can)."""
+    dot, BM, BN, BK, SK = config[:5]
+    group = dw.group or BK
+    if not dot and BM < M:
+        return "a GEMV program holds every row: BM >= M"
+    if dot and (BM < 16 or BK < 16 or BN < 16):
+        return "tl.dot needs tiles of at least 16"
+    if dot and BK > group:
+        return "a tl.dot step stays inside one scale group: BK <= group"
+    if (group < BK and BK % group) or (group > BK and group % BK):
+        return "BK and the group must divide one another"
+    if BK < 32 // BITS[dw.w_fmt] or BK & (BK - 1) or BN & (BN - 1) or BM & (BM - 1):
+        return "BK (at least one word per column), BN and BM are powers of two"
+    if K % (SK * max(BK, group)):
+        return "K must split into SPLIT_K slices of whole steps"
+    return None
 
 
 def decode_configs_for_tests(M: int, group: int):
@@ -310,19 +358,20 @@ def decode_mm(x, dw: DecodeWeight, bias=None, out_dtype=None, config=None):
         y = torch.zeros((M, N), dtype=torch.float32, device=x.device)
         return (y if bias is None else y + bias.float()).to(out_dtype)
     interp = x.device.type == "cpu"
+    if config is None and not interp and AUTOTUNE:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        key = (M, N, K, dw.kind, out_dtype, bias is not None)
+        return tuned(_best, key, decode_candidates(M, N, K, dw, sms),
+                     lambda c: decode_mm(x, dw, bias, out_dtype, c), False)
     if config is None:
         sms = 132 if interp else torch.cuda.get_device_properties(x.device).multi_processor_count
         config = decode_config(M, N, K, dw, interp, sms)
+    why = config_error(config, M, K, dw)
+    if why:
+        raise ValueError(f"decode_mm: config {config} does not fit M={M}, K={K}, {dw.kind}: "
+                         f"{why}")
     dot, BM, BN, BK, SK, nw, ns = config
     group = dw.group or BK
-    step = max(BK, group)
-    if (not dot and BM < M) or (dot and (BM < 16 or BK > group)) or K % step \
-            or (group < BK and BK % group):
-        raise ValueError(f"decode_mm: config {config} does not fit M={M}, K={K}, group "
-                         f"{dw.group}: GEMV needs BM >= M, tl.dot BM >= 16, and BK and the "
-                         f"group must divide each other and K")
-    while SK > 1 and K % (SK * step):
-        SK //= 2
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
     y_arg = y.view(torch.int16) if (interp and out_dtype == torch.bfloat16) else y
     out = torch.empty((SK, M, N), dtype=torch.float32, device=x.device) if SK > 1 else y_arg
@@ -333,6 +382,15 @@ def decode_mm(x, dw: DecodeWeight, bias=None, out_dtype=None, config=None):
     ts = dw.ts if dw.ts is not None else dummy
     bias_arg = bias if bias is not None else dummy
     grid = (triton.cdiv(N, BN), SK, triton.cdiv(M, BM))
+    with quiet():
+        _launch(grid, x, dw, s, z, ts, bias, bias_arg, out, y_arg, M, N, K, SK, ts_mode,
+                out_dtype, interp, dot, group, BM, BN, BK, nw, ns)
+    return y
+
+
+def _launch(grid, x, dw, s, z, ts, bias, bias_arg, out, y_arg, M, N, K, SK, ts_mode,
+            out_dtype, interp, dot, group, BM, BN, BK, nw, ns):
+    import torch
     decode_mm_kernel[grid](
         x.view(torch.int16), dw.words, s, z, ts, bias_arg, out, M, N, K,
         W_FMT=dw.w_fmt, S_FMT=dw.s_fmt, GROUP=group, TS=ts_mode if SK == 1 else 0,
@@ -344,4 +402,3 @@ def decode_mm(x, dw: DecodeWeight, bias=None, out_dtype=None, config=None):
         splitk_reduce_kernel[(triton.cdiv(M, RB), triton.cdiv(N, RN))](
             out, ts, bias_arg, y_arg, M, N, SPLIT_K=SK, TS=ts_mode, HAS_BIAS=bias is not None,
             OUT_BF16=out_dtype == torch.bfloat16, INTERPRET=interp, BM=RB, BN=RN)
-    return y
