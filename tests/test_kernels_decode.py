@@ -234,3 +234,30 @@ def test_no_tuning_inside_a_capture(monkeypatch):
     _tuning.tuned({}, "k", ["a", "b"], ran.append, interpret=False)
     _tuning.tuned({"k": "b"}, "k", ["a", "b"], ran.append, interpret=False)
     assert ran == ["a", "b"]
+
+
+def test_quant_linear_keeps_its_decode_layout(monkeypatch):
+    """QuantLinear builds the kernel layout once, beside the canonical buffers (the state_dict
+    holds only those), rebuilds it when they change, and inside a capture never caches one."""
+    from torch import nn
+
+    from quantlib.nn import linear as qlinear
+    from quantlib.nn.linear import QuantLinear, decode_weight, kernel_gemm
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 32)
+    q = QuantLinear.from_linear(lin, "int4_g128")
+    x = torch.randn(3, 256)
+    y = kernel_gemm(q, x, path="triton")
+    torch.testing.assert_close(y, q.reference_forward(x), rtol=0.02, atol=0.02)
+    dw = decode_weight(q)
+    assert decode_weight(q) is dw and not any("decode" in k for k in q.state_dict())
+    other = QuantLinear.from_linear(nn.Linear(256, 32), "int4_g128")
+    q.load_state_dict(other.state_dict())             # in-place copies: a new layout
+    assert decode_weight(q) is not dw
+    assert torch.equal(kernel_gemm(q, x, path="triton"), kernel_gemm(other, x, path="triton"))
+    monkeypatch.setattr(_tuning, "capturing", lambda: True)
+    fresh = QuantLinear.from_linear(lin, "int4_g128")
+    qlinear._WARNED.clear()
+    with pytest.warns(UserWarning, match="warm up first"):
+        assert isinstance(decode_weight(fresh), QuantizedTensor)
+    assert "_decode_cache" not in fresh.__dict__
