@@ -38,6 +38,7 @@ import triton.language as tl
 
 from quantlib.kernels.dispatch import quiet
 from quantlib.kernels._minifloat import decode_e4m3, decode_e8m0, to_f32
+from quantlib.kernels import _tuning
 from quantlib.kernels._tuning import tuned
 from quantlib.kernels._wq_gemm import _finish, splitk_reduce_kernel
 
@@ -366,6 +367,7 @@ def decode_mm(x, dw: DecodeWeight, bias=None, out_dtype=None, config=None):
     if config is None:
         sms = 132 if interp else torch.cuda.get_device_properties(x.device).multi_processor_count
         config = decode_config(M, N, K, dw, interp, sms)
+    _tuning.LAST_CONFIG = config
     why = config_error(config, M, K, dw)
     if why:
         raise ValueError(f"decode_mm: config {config} does not fit M={M}, K={K}, {dw.kind}: "
