@@ -516,7 +516,7 @@ def check_decode_exact(K, recipe, dot):
         dw = K.decode_layout(w)
         ref = w.dequantize(torch.float32)
         group = dw.group or 16
-        cfg = (dot, 16, 64, min(32, group) if dot else 32, 1, 4, 2)
+        cfg = (dot, 16, 64, min(32, group), 1, 4, 2)
         bad = 0
         for k0 in range(0, Kd, 16):
             x = torch.zeros(16, Kd, device=DEV)

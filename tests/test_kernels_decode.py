@@ -2,7 +2,7 @@
 interpreter, for every weight-only format: the decoded weights bit for bit against the
 reference dequantization (one-hot activations pick single columns, every code value present),
 products against float64 within the FP32-accumulation bound, every kernel mode (CUDA-core GEMV,
-tl.dot, split K, several groups per step, several steps per group), and the public
+tl.dot, split K, one or several steps per scale group), and the public
 int4_matmul / weight_matmul / decode_layout."""
 import pytest
 import torch
@@ -53,8 +53,8 @@ def random_codes(recipe, N, Kd, seed):
 
 
 def configs(dw, M):
-    """GEMV (M <= 4) or tl.dot (M > 4) configs: BK 16/32/64 against the group (one step of
-    several groups, several steps of one group), split K 1 and 2."""
+    """GEMV (M <= 4) or tl.dot (M > 4) configs: BK 16/32/64 up to the group (one or several
+    steps per group), split K 1 and 2."""
     out = []
     for bk in (16, 32, 64):
         for sk in (1, 2):
@@ -76,7 +76,7 @@ def test_decoded_weights_bit_exact(recipe, dot):
     dw = K.decode_layout(w)
     ref = w.dequantize(torch.float32)
     group = dw.group or 16
-    cfg = (dot, 16, 16, min(16 if dot else 32, group) if dot else 32, 1, 4, 1)
+    cfg = (dot, 16, 16, min(32, group), 1, 4, 1)
     for k0 in range(0, Kd, 16):
         x = torch.zeros(16, Kd)
         x[torch.arange(16), k0 + torch.arange(16)] = 1.0
@@ -202,7 +202,7 @@ def test_decode_bad_input():
     with pytest.raises(ValueError, match="BM >= M"):
         _decode.decode_mm(rand(4, 128).to(torch.bfloat16), K.decode_layout(w),
                           config=(False, 2, 16, 32, 1, 4, 1))
-    with pytest.raises(ValueError, match="BK <= group"):
+    with pytest.raises(ValueError, match="BK divides the group"):
         _decode.decode_mm(x, K.decode_layout(quantize(rand(16, 128), "nvfp4")),
                           config=(True, 16, 16, 32, 1, 4, 1))
 

@@ -50,17 +50,13 @@ REBIAS = {0: 16384.0, 1: 256.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}
 
 
 @triton.jit
-def _codes(words, zero, W_FMT: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
-           R: tl.constexpr):
-    """(BK / per_word, BN) int32 words -> (BK, BN) fp32 code values, exact; E2M1 and E4M3 come
-    out times 2^-14 and 2^-8 (see REBIAS). Element k of a word sits at bits k * bits."""
+def _codes(words, zero, W_FMT: tl.constexpr):
+    """(W, BN) int32 words -> (W, per_word, BN) fp32 code values, exact; E2M1 and E4M3 come
+    out times 2^-14 and 2^-8 (see REBIAS). Element j of a word sits at bits j * bits."""
     if W_FMT == 1 or W_FMT == 2 or W_FMT == 5:
-        shifts = tl.arange(0, 4) * 8
-        c = (words[:, None, :] >> shifts[None, :, None]) & 0xFF
+        c = (words[:, None, :] >> (tl.arange(0, 4) * 8)[None, :, None]) & 0xFF
     else:
-        shifts = tl.arange(0, 8) * 4
-        c = (words[:, None, :] >> shifts[None, :, None]) & 0xF
-    c = tl.reshape(c, (BK, BN))
+        c = (words[:, None, :] >> (tl.arange(0, 8) * 4)[None, :, None]) & 0xF
     if W_FMT == 0:    # E2M1 s.ee.m -> FP16 bits s.00ee.m000000000: value x 2^-14
         h = ((c & 7) << 9) | ((c & 8) << 12)
         v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
@@ -73,8 +69,7 @@ def _codes(words, zero, W_FMT: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
     elif W_FMT == 3:  # two's complement nibble: flip the sign bit, subtract the offset
         v = ((c ^ 8) - 8).to(tl.float32)
     elif W_FMT == 4:  # unsigned nibble minus the group's zero point (exact integers)
-        cz = tl.reshape(c, (R, BK // R, BN)) - zero[:, None, :]
-        v = tl.reshape(cz, (BK, BN)).to(tl.float32)
+        v = (c - zero[None, :, :]).to(tl.float32)
     else:             # INT8
         v = ((c ^ 0x80) - 0x80).to(tl.float32)
     return v
@@ -101,9 +96,10 @@ def decode_mm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, ts_ptr, bias_ptr, y_ptr, M, N, 
                      REBIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                      BK: tl.constexpr):
     """x (M, K) bf16 bits; w (K / per_word, N) int32 words; s, z (K / GROUP, N) scales and
-    zero points (S_FMT 2: unused, GROUP = BK). Grid (N / BN, SPLIT_K, M / BM). Each outer
-    step covers STEP = max(BK, GROUP) elements: INNER = GROUP / BK sub-steps of one group, or
-    one sub-step of R = BK / GROUP groups."""
+    zero points (S_FMT 2: none, GROUP = BK). Grid (N / BN, SPLIT_K, M / BM). A step is BK
+    codes (W = BK / per_word words) of BN columns, inside one group (BK <= GROUP); a group is
+    INNER = GROUP / BK steps whose unscaled sum then takes the group's scale. GEMV (not DOT):
+    the (W, per_word, BN) codes times x as (BM, W, per_word), reduced over K in registers."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.program_id(2) * BM + tl.arange(0, BM)
@@ -111,47 +107,40 @@ def decode_mm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, ts_ptr, bias_ptr, y_ptr, M, N, 
     xm = tl.where(offs_m < M, offs_m, 0)          # rows/columns past the end read row/column 0
     wn = tl.where(offs_n < N, offs_n, 0)          # and are never stored
     EPW: tl.constexpr = 8 if (W_FMT == 0 or W_FMT == 3 or W_FMT == 4) else 4
-    R: tl.constexpr = BK // GROUP if BK > GROUP else 1
-    INNER: tl.constexpr = GROUP // BK if GROUP > BK else 1
-    STEP: tl.constexpr = BK * INNER
-    x_off = xm[:, None] * K + tl.arange(0, BK)[None, :]                    # (BM, BK)
-    w_off = tl.arange(0, BK // EPW)[:, None] * N + wn[None, :]             # (BK/EPW, BN)
-    s_off = tl.arange(0, R)[:, None] * N + wn[None, :]                     # (R, BN)
+    W: tl.constexpr = BK // EPW
+    INNER: tl.constexpr = GROUP // BK
+    w_off = tl.arange(0, W)[:, None] * N + wn[None, :]                     # (W, BN)
+    if DOT:
+        x_off = xm[:, None] * K + tl.arange(0, BK)[None, :]                # (BM, BK)
+    else:
+        x_off = (xm[:, None, None] * K + tl.arange(0, W)[None, :, None] * EPW
+                 + tl.arange(0, EPW)[None, None, :])                       # (BM, W, EPW)
     k_per = K // SPLIT_K
     k0 = pid_k * k_per
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k in range(k0, k0 + k_per, STEP):
+    for k in range(k0, k0 + k_per, GROUP):
         g = k // GROUP
         zero = 0
         if W_FMT == 4:
-            zero = tl.load(z_ptr + g * N + s_off).to(tl.int32)
-        if DOT:
-            part = tl.zeros((BM, BN), dtype=tl.float32)
-        else:
-            part = tl.zeros((BM, R, BN), dtype=tl.float32)
+            zero = tl.load(z_ptr + g * N + wn[None, :]).to(tl.int32)       # (1, BN)
+        part = tl.zeros((BM, BN), dtype=tl.float32)
         for i in tl.static_range(INNER):
             kk = k + i * BK
-            v = _codes(tl.load(w_ptr + (kk // EPW) * N + w_off), zero, W_FMT, BK, BN, R)
+            v = _codes(tl.load(w_ptr + (kk // EPW) * N + w_off), zero, W_FMT)  # (W, EPW, BN)
             xb = tl.load(x_ptr + kk + x_off)
             if DOT:
+                v = tl.reshape(v, (BK, BN))
                 if INTERPRET:   # fp32 products (exact) on the interpreter, whose bf16 is not IEEE
                     part = tl.dot(to_f32(xb, True), v, part, input_precision="ieee")
                 else:           # the code values are exact in BF16
                     part = tl.dot(xb.to(tl.bfloat16, bitcast=True), v.to(tl.bfloat16), part)
-            else:
-                prod = to_f32(xb, True)[:, :, None] * v[None, :, :]      # (BM, BK, BN) exact
-                part += tl.sum(tl.reshape(prod, (BM, R, BK // R, BN)), axis=2)
+            else:               # exact fp32 products, summed along K inside each thread
+                prod = to_f32(xb, True)[:, :, :, None] * v[None, :, :, :]
+                part += tl.sum(tl.sum(prod, axis=2), axis=1)
         if S_FMT == 2:
-            if DOT:
-                acc += part
-            else:
-                acc += tl.sum(part, axis=1)
-        else:
-            s = _group_scale(s_ptr + g * N + s_off, ts_ptr, S_FMT)        # (R, BN), once
-            if DOT:
-                acc += (part * REBIAS) * s
-            else:
-                acc += tl.sum((part * REBIAS) * s[None, :, :], axis=1)
+            acc += part
+        else:   # the group's scale, once per group and column; the re-bias is exact
+            acc += (part * REBIAS) * _group_scale(s_ptr + g * N + wn[None, :], ts_ptr, S_FMT)
     if S_FMT == 2:
         acc = acc * REBIAS                       # a power of two: exact
     _finish(acc, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, TS,
@@ -261,35 +250,36 @@ def _pow2_floor(v: int) -> int:
 def decode_config(M: int, N: int, K: int, dw: DecodeWeight, interpret: bool,
                   sm_count: int = 132):
     """(DOT, BM, BN, BK, SPLIT_K, warps, stages) for this shape: a table entry when one was
-    stored, else the heuristic. BK: 64 codes per step for 4-bit (8 words of 32 bytes per
-    column tile), 32 for 8-bit; BN wide enough for 16-byte loads per thread; SPLIT_K so that
-    about 4 programs per SM stream the weight (a 1-row product has only N / BN tiles)."""
-    bits = BITS[dw.w_fmt]
+    stored, else the heuristic. GEMV: BK 32 codes per step (16 for NVFP4's groups of 16), BN so
+    that a thread holds about 64 products (BM * BK * BN / 128 threads), 4-32 KB of words per
+    step; tl.dot: BK 64 (at most the group), BN 64. SPLIT_K so that about 4 programs per SM
+    stream the weight (a 1-row product has only N / BN tiles)."""
     group = dw.group or 0
     dot = M > GEMV_MAX_M
     bm = 16 if dot and M <= 16 else (triton.next_power_of_2(M) if not dot else 64)
     if interpret:       # small tiles; split K so the tests exercise the reduction
         bk = 16 if group in (0, 16) else 32
-        sk = 2 if K % (2 * max(bk, group)) == 0 else 1
+        sk = 2 if K % (2 * (group or bk)) == 0 else 1
         return (dot, bm, 16, bk, sk, 4, 1)
     key = (M if M <= GEMV_MAX_M else 16 if M <= 16 else 64, N, K, dw.kind)
     if key in TABLE:
         return TABLE[key]
     if dot:
-        bk = 64 if not group or group >= 64 else group
-        bn = 64 if M <= 16 else 128
-    else:       # about 64 products per thread per step (BM * BK * BN / 128 threads)
+        bk, bn = 64, (64 if M <= 16 else 128)
+    else:
         bk = 32
-        bn = 256 // bm
-    return _fit(M, N, K, group, dot, bm, bn, bk, sm_count)
+        bn = min(512, 8192 // (bm * min(bk, group or bk)))
+    return _fit(M, N, K, dw, dot, bm, bn, bk, sm_count)
 
 
-def _fit(M, N, K, group, dot, bm, bn, bk, sm_count, programs_per_sm=4):
-    """A config with BK shrunk to divide K and SPLIT_K chosen for ~programs_per_sm programs
-    per SM, each with at least two steps of its K slice."""
-    while K % max(bk, group) and bk > 16:
+def _fit(M, N, K, dw, dot, bm, bn, bk, sm_count, programs_per_sm=4):
+    """A config with BK shrunk to divide the group and K, and SPLIT_K chosen for about
+    programs_per_sm programs per SM, each with at least two groups (or steps) of K."""
+    group = dw.group or 0
+    lo = 16 if dot else 32 // BITS[dw.w_fmt]
+    while bk > lo and (K % bk or (group and group % bk)):
         bk //= 2
-    step = max(bk, group)
+    step = group or bk
     tiles = triton.cdiv(N, bn) * triton.cdiv(M, bm)
     sk = _pow2_floor(max(1, programs_per_sm * sm_count // max(tiles, 1)))
     while sk > 1 and (K % (sk * step) or K // sk < 2 * step):
@@ -302,14 +292,11 @@ def decode_candidates(M: int, N: int, K: int, dw: DecodeWeight, sm_count: int):
     tile shapes, fewer or more programs per SM (at most 7 configs: each is a compile)."""
     first = decode_config(M, N, K, dw, False, sm_count)
     dot, bm = first[:2]
-    group = dw.group or 0
-    shapes = [(32, 64), (64, 128)] if dot else [(128 // bm, 64), (512 // bm, 32)]
+    shapes = [(32, 64), (64, 128)] if dot else [(128 // bm, 64), (512 // bm, 16)]
     out = [first]
     for bn, bk in [first[2:4]] + shapes:
-        if dot and group and bk > group:
-            continue
         for pps in (2, 8):
-            out.append(_fit(M, N, K, group, dot, bm, max(bn, 16), bk, sm_count, pps))
+            out.append(_fit(M, N, K, dw, dot, bm, max(bn, 16), bk, sm_count, pps))
     seen = set()
     return [c for c in out if not (c in seen or seen.add(c))
             and config_error(c, M, K, dw) is None]
@@ -323,27 +310,13 @@ def config_error(config, M: int, K: int, dw: DecodeWeight) -> str | None:
         return "a GEMV program holds every row: BM >= M"
     if dot and (BM < 16 or BK < 16 or BN < 16):
         return "tl.dot needs tiles of at least 16"
-    if dot and BK > group:
-        return "a tl.dot step stays inside one scale group: BK <= group"
-    if (group < BK and BK % group) or (group > BK and group % BK):
-        return "BK and the group must divide one another"
+    if BK > group or group % BK:
+        return "a step stays inside one scale group: BK divides the group"
     if BK < 32 // BITS[dw.w_fmt] or BK & (BK - 1) or BN & (BN - 1) or BM & (BM - 1):
         return "BK (at least one word per column), BN and BM are powers of two"
-    if K % (SK * max(BK, group)):
+    if K % (SK * group):
         return "K must split into SPLIT_K slices of whole steps"
     return None
-
-
-def decode_configs_for_tests(M: int, group: int):
-    """Configs the interpreter tests run: GEMV and dot modes, with and without split-K, one
-    step covering several groups and one group covering several steps."""
-    out = []
-    for bk in (16, 32, 64):
-        if (group and group > bk and group % bk) or (M > GEMV_MAX_M and group and bk > group):
-            continue
-        out.append((M > GEMV_MAX_M, 16 if M > GEMV_MAX_M else triton.next_power_of_2(M),
-                    16, bk, 2, 4, 1))
-    return out
 
 
 def decode_mm(x, dw: DecodeWeight, bias=None, out_dtype=None, config=None):
