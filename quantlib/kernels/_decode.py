@@ -40,7 +40,7 @@ from quantlib.kernels.dispatch import quiet
 from quantlib.kernels._minifloat import decode_e4m3, decode_e8m0, to_f32
 from quantlib.kernels import _tuning
 from quantlib.kernels._tuning import tuned
-from quantlib.kernels._wq_gemm import _finish, splitk_reduce_kernel
+from quantlib.kernels._wq_gemm import _epilogue, _finish, _store_partial, splitk_reduce_kernel
 
 # W_FMT: 0 E2M1, 1 E4M3, 2 E5M2, 3 INT4, 4 UINT4 with zero point, 5 INT8
 # S_FMT: 0 E4M3 block scale (x tensor scale), 1 E8M0, 2 none (per row/tensor on the
@@ -89,12 +89,13 @@ def _group_scale(s_ptr, ts_ptr, S_FMT: tl.constexpr):
 
 
 @triton.jit
-def decode_mm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, ts_ptr, bias_ptr, y_ptr, M, N, K,
+def decode_mm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, ts_ptr, bias_ptr, y_ptr, p_ptr, lock_ptr,
+                     M, N, K,
                      W_FMT: tl.constexpr, S_FMT: tl.constexpr, GROUP: tl.constexpr,
                      TS: tl.constexpr, HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
-                     INTERPRET: tl.constexpr, SPLIT_K: tl.constexpr, DOT: tl.constexpr,
-                     REBIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     BK: tl.constexpr):
+                     INTERPRET: tl.constexpr, SPLIT_K: tl.constexpr, SERIAL: tl.constexpr,
+                     DOT: tl.constexpr, REBIAS: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr, BK: tl.constexpr):
     """x (M, K) bf16 bits; w (K / per_word, N) int32 words; s, z (K / GROUP, N) scales and
     zero points (S_FMT 2: none, GROUP = BK). Grid (N / BN, SPLIT_K, M / BM). A step is BK
     codes (W = BK / per_word words) of BN columns, inside one group (BK <= GROUP); a group is
@@ -143,8 +144,35 @@ def decode_mm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, ts_ptr, bias_ptr, y_ptr, M, N, 
             acc += (part * REBIAS) * _group_scale(s_ptr + g * N + wn[None, :], ts_ptr, S_FMT)
     if S_FMT == 2:
         acc = acc * REBIAS                       # a power of two: exact
-    _finish(acc, pid_k, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, SPLIT_K, TS,
-            HAS_BIAS, OUT_BF16, INTERPRET)
+    if SPLIT_K > 1 and SERIAL:
+        _serial_reduce(acc, pid_k, p_ptr, lock_ptr, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n,
+                       M, N, SPLIT_K, TS, HAS_BIAS, OUT_BF16, INTERPRET)
+    else:
+        _finish(acc, pid_k, ts_ptr, bias_ptr, p_ptr if SPLIT_K > 1 else y_ptr, offs_m,
+                offs_n, M, N, SPLIT_K, TS, HAS_BIAS, OUT_BF16, INTERPRET)
+
+
+@triton.jit
+def _serial_reduce(acc, pid_k, p_ptr, lock_ptr, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N,
+                   SPLIT_K: tl.constexpr, TS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr):
+    """Split-K without a second launch and still deterministic: every program stores its
+    partial sums in its slot, then counts itself in on the output tile's lock (an integer
+    atomic, release/acquire); the program that arrives last adds the SPLIT_K slots in slot
+    order (the same sums as splitk_reduce_kernel, whoever arrives last), runs the epilogue and
+    resets the lock to 0 for the next call (so a CUDA-graph replay finds it zeroed)."""
+    _store_partial(p_ptr, acc, pid_k, offs_m, offs_n, M, N)
+    tl.debug_barrier()                        # the whole tile is stored before the release
+    lock = lock_ptr + tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+    if tl.atomic_add(lock, 1, sem="acq_rel") == SPLIT_K - 1:
+        mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        ptrs = p_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        total = tl.load(ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+        for i in tl.static_range(1, SPLIT_K):   # L2, never a stale L1 line of another SM
+            total += tl.load(ptrs + i * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+        tl.atomic_xchg(lock, 0)
+        _epilogue(total, ts_ptr, bias_ptr, y_ptr, offs_m, offs_n, M, N, TS, HAS_BIAS,
+                  OUT_BF16, INTERPRET)
 
 
 # ---- the kernel layout (host side) ---------------------------------------------------------
@@ -164,6 +192,7 @@ class DecodeWeight:
     w_fmt: int
     s_fmt: int
     group: int
+    locks: object = None    # int32 zeros, one per output tile: the serial split-K reduction
 
     @property
     def shape(self):
@@ -176,7 +205,7 @@ class DecodeWeight:
     def nbytes(self) -> int:
         """Bytes of the kernel layout (the canonical codes are held besides)."""
         return sum(t.numel() * t.element_size() for t in
-                   (self.words, self.scales, self.zeros, self.ts) if t is not None)
+                   (self.words, self.scales, self.zeros, self.ts, self.locks) if t is not None)
 
 
 def decode_kind(r):
@@ -232,11 +261,14 @@ def decode_layout(qt) -> DecodeWeight:
             zeros = qt.zero_point.reshape(N, -1).t().contiguous()
         if s_fmt == 0:
             ts = qt.tensor_scale.reshape(1).float().contiguous()
-    return DecodeWeight(qt, kind, words, scales, zeros, ts, w_fmt, s_fmt, group)
+    locks = torch.zeros(LOCKS_PER_ROW_TILE * -(-N // 16), dtype=torch.int32,
+                        device=words.device)
+    return DecodeWeight(qt, kind, words, scales, zeros, ts, w_fmt, s_fmt, group, locks)
 
 
 # ---- configuration chosen ahead (a heuristic by shape; no tuning) -------------------------
 DECODE_MAX_M = 16       # the decode kernels' rows; larger M uses the tensor-core GEMMs
+LOCKS_PER_ROW_TILE = 1  # serial split-K: one row tile (M <= BM) of N / 16 column tiles at most
 GEMV_MAX_M = 4          # up to here, the CUDA-core reduction; above, tl.dot on 16-row tiles
 TABLE: dict = {}        # (M bucket, N, K, kind) -> config, filled by benchmarks if wanted
 AUTOTUNE = True         # on a GPU, time decode_candidates once per shape (never in a capture)
@@ -289,7 +321,9 @@ def _fit(M, N, K, dw, dot, bm, bn, bk, sm_count, programs_per_sm=4):
 
 def decode_candidates(M: int, N: int, K: int, dw: DecodeWeight, sm_count: int):
     """What a GPU run may time (outside any capture), the heuristic's choice first: two other
-    tile shapes, fewer or more programs per SM (at most 7 configs: each is a compile)."""
+    tile shapes, fewer or more programs per SM, and for two of them the split-K sums reduced
+    inside the kernel (`_serial_reduce`) instead of a second launch (at most 9 configs: each is
+    a compile)."""
     first = decode_config(M, N, K, dw, False, sm_count)
     dot, bm = first[:2]
     shapes = [(32, 64), (64, 128)] if dot else [(128 // bm, 64), (512 // bm, 16)]
@@ -297,6 +331,8 @@ def decode_candidates(M: int, N: int, K: int, dw: DecodeWeight, sm_count: int):
     for bn, bk in [first[2:4]] + shapes:
         for pps in (2, 8):
             out.append(_fit(M, N, K, dw, dot, bm, max(bn, 16), bk, sm_count, pps))
+    if M <= bm:                 # one row tile: split K reduced inside the kernel, no 2nd launch
+        out += [c + (True,) for c in (first, out[2]) if c[4] > 1]
     seen = set()
     return [c for c in out if not (c in seen or seen.add(c))
             and config_error(c, M, K, dw) is None]
@@ -308,7 +344,7 @@ def config_error(config, M: int, K: int, dw: DecodeWeight) -> str | None:
     group = dw.group or BK
     if not dot and BM < M:
         return "a GEMV program holds every row: BM >= M"
-    if dot and (BM < 16 or BK < 16 or BN < 16):
+    if BN < 16 or (dot and (BM < 16 or BK < 16)):
         return "tl.dot needs tiles of at least 16"
     if BK > group or group % BK:
         return "a step stays inside one scale group: BK divides the group"
@@ -316,6 +352,8 @@ def config_error(config, M: int, K: int, dw: DecodeWeight) -> str | None:
         return "BK (at least one word per column), BN and BM are powers of two"
     if K % (SK * group):
         return "K must split into SPLIT_K slices of whole steps"
+    if len(config) > 7 and config[7] and (SK < 2 or -(-M // BM) > LOCKS_PER_ROW_TILE):
+        return "the serial split-K reduction needs SPLIT_K > 1 and one row tile"
     return None
 
 
@@ -345,7 +383,8 @@ def decode_mm(x, dw: DecodeWeight, bias=None, out_dtype=None, config=None):
     if why:
         raise ValueError(f"decode_mm: config {config} does not fit M={M}, K={K}, {dw.kind}: "
                          f"{why}")
-    dot, BM, BN, BK, SK, nw, ns = config
+    dot, BM, BN, BK, SK, nw, ns = config[:7]
+    serial = len(config) > 7 and bool(config[7]) and SK > 1
     group = dw.group or BK
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
     y_arg = y.view(torch.int16) if (interp and out_dtype == torch.bfloat16) else y
@@ -358,21 +397,22 @@ def decode_mm(x, dw: DecodeWeight, bias=None, out_dtype=None, config=None):
     bias_arg = bias if bias is not None else dummy
     grid = (triton.cdiv(N, BN), SK, triton.cdiv(M, BM))
     with quiet():
-        _launch(grid, x, dw, s, z, ts, bias, bias_arg, out, y_arg, M, N, K, SK, ts_mode,
-                out_dtype, interp, dot, group, BM, BN, BK, nw, ns)
+        _launch(grid, x, dw, s, z, ts, bias, bias_arg, out, y_arg, M, N, K, SK, serial,
+                ts_mode, out_dtype, interp, dot, group, BM, BN, BK, nw, ns)
     return y
 
 
-def _launch(grid, x, dw, s, z, ts, bias, bias_arg, out, y_arg, M, N, K, SK, ts_mode,
+def _launch(grid, x, dw, s, z, ts, bias, bias_arg, out, y_arg, M, N, K, SK, serial, ts_mode,
             out_dtype, interp, dot, group, BM, BN, BK, nw, ns):
     import torch
+    fused = SK == 1 or serial                   # the epilogue runs in this kernel
     decode_mm_kernel[grid](
-        x.view(torch.int16), dw.words, s, z, ts, bias_arg, out, M, N, K,
-        W_FMT=dw.w_fmt, S_FMT=dw.s_fmt, GROUP=group, TS=ts_mode if SK == 1 else 0,
-        HAS_BIAS=bias is not None and SK == 1, OUT_BF16=out_dtype == torch.bfloat16,
-        INTERPRET=interp, SPLIT_K=SK, DOT=dot, REBIAS=REBIAS[dw.w_fmt],
+        x.view(torch.int16), dw.words, s, z, ts, bias_arg, y_arg, out, dw.locks, M, N, K,
+        W_FMT=dw.w_fmt, S_FMT=dw.s_fmt, GROUP=group, TS=ts_mode if fused else 0,
+        HAS_BIAS=bias is not None and fused, OUT_BF16=out_dtype == torch.bfloat16,
+        INTERPRET=interp, SPLIT_K=SK, SERIAL=serial, DOT=dot, REBIAS=REBIAS[dw.w_fmt],
         BM=BM, BN=BN, BK=BK, num_warps=nw, num_stages=ns)
-    if SK > 1:
+    if not fused:
         RB, RN = 16, 256
         splitk_reduce_kernel[(triton.cdiv(M, RB), triton.cdiv(N, RN))](
             out, ts, bias_arg, y_arg, M, N, SPLIT_K=SK, TS=ts_mode, HAS_BIAS=bias is not None,
