@@ -7,6 +7,11 @@ TRITON_INTERPRET=1 on the CPU, the reference elsewhere); "triton" or "reference"
 
 GEMM layouts follow nn.Linear: activations (M, K), weights (N, K); the result is
 x @ w^T of shape (M, N) (w^T is the "column-major B" of cuBLAS and torch._scaled_mm).
+
+Weight-only GEMMs (nvfp4_matmul, mx_matmul, fp8_weight_matmul, int4_matmul, weight_matmul) run
+the decode kernels for M <= 16 rows (and for INT formats at any M): they read the weight in a
+layout prepared once, `decode_layout(w)`, which these functions take in place of w; given the
+QuantizedTensor itself they build that layout on every call (a transposing copy of w).
 """
 from __future__ import annotations
 
