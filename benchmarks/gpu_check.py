@@ -650,10 +650,11 @@ def run_decode_checks(K):
         for M in (1, 3, 16) if rec in ("nvfp4", "int4_g128") else (1, 16):
             run_check(f"decode {rec} matmul M={M} N=1536 K=2048",
                       check_decode(K, rec, M, d(1536), d(2048)))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 132
     for rec in ("nvfp4", "int4_g128", "fp8_e4m3_rowwise"):
         dw = K.decode_layout(quantize(torch.randn(64, 256), rec))
         for M in (1, 16):
-            for cfg in _decode.decode_candidates(M, d(1536), d(2048), dw, 132):
+            for cfg in _decode.decode_candidates(M, d(1536), d(2048), dw, sms):
                 run_check(f"decode {rec} M={M} config {cfg}",
                           check_decode(K, rec, M, d(1536), d(2048), config=cfg))
     for rec in ("int4_g128", "int4_g128_asym"):
