@@ -10,20 +10,22 @@ rows, so the time is the time to stream the weight bytes. The kernel is built fo
   output column per word (the canonical little-endian bytes of a row, read 4 at a time), so a
   warp's load of one word row is 32 consecutive columns: fully coalesced, 4 bytes per thread.
   Block scales (and zero points) are transposed the same way, (K / group, N).
-- No `tl.dot` for M <= 4: each program unpacks a (BK, BN) weight tile in registers and reduces
-  along K inside each thread (`sum(x[:, :, None] * w, axis=1)`), products exact in FP32. For
-  M 5..16 the same unpacked tile feeds `tl.dot` (a 16-row tile; exact BF16 operands).
+- No `tl.dot` for M <= 4: each program unpacks a (BK / per_word, per_word, BN) weight tile in
+  registers and reduces along K inside each thread (x as (BM, BK / per_word, per_word) times
+  the codes, summed over the two K axes), products exact in FP32. For M 5..16 the same
+  unpacked tile, as (BK, BN), feeds `tl.dot` (a 16-row tile; exact BF16 operands).
 - Scales read once per group: the unscaled codes are summed over a group first, then the group
   partial is multiplied by its scale (one multiply per group and column, not per weight).
 - Bit tricks instead of conversions: a nibble is `(word >> 4j) & 15`; INT4 is `(c ^ 8) - 8`,
   UINT4 is `c - zero`; E2M1 lands on FP16's exponent/mantissa with one shift and mask (the
   FP16 value is the E2M1 value x 2^-14, 0.5 included as an FP16 subnormal, which the FP16 ->
   FP32 conversion keeps exact) and the 2^14 re-bias multiplies the group partial, not each
-  weight; E5M2 is the top byte of an FP16; E4M3 is FP16 bits >> 1 (x 2^-8, its 2^8 re-bias
-  again on the partial).
+  weight; E5M2 is the top byte of an FP16; E4M3's 7 magnitude bits go to FP16 bits 7..13
+  (x 2^-8, its 2^8 re-bias again on the partial).
 - Split-K for parallelism (a 1-row product has N / BN output tiles, too few to fill a GPU):
   program axis 1 takes one K slice and writes its partial sums; `splitk_reduce_kernel` adds
-  the slots in a fixed order. Deterministic: no float atomics.
+  the slots in a fixed order, or (a "serial" config) the tile's last program does, counted in
+  by an integer lock. Deterministic either way: no float atomics.
 - The configuration is chosen ahead from the shape (`decode_config`, or `TABLE`); on a GPU the
   candidates of `decode_candidates` are timed once per shape on the first eager call
   (`_tuning.tuned`), never inside a CUDA-graph capture (there the heuristic's choice runs).
@@ -36,11 +38,11 @@ from dataclasses import dataclass
 import triton
 import triton.language as tl
 
-from quantlib.kernels.dispatch import quiet
-from quantlib.kernels._minifloat import decode_e4m3, decode_e8m0, to_f32
 from quantlib.kernels import _tuning
+from quantlib.kernels._minifloat import decode_e4m3, decode_e8m0, to_f32
 from quantlib.kernels._tuning import tuned
 from quantlib.kernels._wq_gemm import _epilogue, _finish, _store_partial, splitk_reduce_kernel
+from quantlib.kernels.dispatch import quiet
 
 # W_FMT: 0 E2M1, 1 E4M3, 2 E5M2, 3 INT4, 4 UINT4 with zero point, 5 INT8
 # S_FMT: 0 E4M3 block scale (x tensor scale), 1 E8M0, 2 none (per row/tensor on the
