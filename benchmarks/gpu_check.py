@@ -11,7 +11,10 @@ CUDA graph and replayed between CUDA events (no Python or launch overhead, for o
 the baselines alike), median of 20 replays after a warm-up; inputs smaller than 3x L2 are
 cycled through copies. --dry-run runs everything on the CPU interpreter at tiny sizes.
 Bars: quantize >= 85% of a device copy's GB/s (>= 32M elements); FP8 GEMM >= 0.9x
-torch._scaled_mm; W4A16 >= 2.5x cuBLAS BF16 at M=1, >= 2.0x at M=16, >= 0.7x at M >= 2048.
+torch._scaled_mm; W4A16 >= 0.7x cuBLAS BF16 at M >= 2048. Decode (issue 13, weights in the
+decode kernels' layout, each timed beside cuBLAS BF16 and torch's tinygemm INT4 g128 on the same
+W): 4-bit >= 2.5x BF16 at M=1, >= 2.0x at M=16; FP8 >= 1.8x and >= 1.5x; all >= 1.2x at M=64;
+INT4 g128 >= 1.3x tinygemm at M=1. `--only 'decode|tinygemm|capture'` runs just those.
 Writes gpu_check.json (device, versions, date, every check and benchmark) into --out.
 """
 from __future__ import annotations
@@ -465,6 +468,214 @@ def bench_w4a16(K, recipe, M, N, Kd, fast=None):
     return fn
 
 
+# ---- decode kernels (M <= 16, transposed layout) and the tinygemm INT4 baseline -----------
+DECODE_RECIPES = ["nvfp4", "mxfp4", "mxfp8_e4m3", "fp8_e4m3_rowwise", "fp8_e4m3_tensor",
+                  "fp8_e5m2_rowwise", "int8_channel", "int4_channel", "int4_g32", "int4_g64",
+                  "int4_g128", "int4_g128_asym"]
+
+
+def _tinygemm():
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _baselines
+    return _baselines
+
+
+def random_code_weight(recipe, N, Kd, seed):
+    """A QuantizedTensor of uniform random code bytes (every finite code) and random finite
+    scales (and zero points) of the recipe's formats, on DEV."""
+    from quantlib.qtensor import QuantizedTensor, quantize
+    from quantlib.recipes import get_recipe
+    r = get_recipe(recipe)
+    g = torch.Generator().manual_seed(seed)
+    qt = quantize(torch.randn(N, Kd, generator=g), r)
+    codes = torch.randint(0, 256, qt.codes.shape, generator=g, dtype=torch.uint8)
+    if r.element == "e4m3" and r.format.bits == 8:
+        codes[codes & 0x7F == 0x7F] = 0x3C           # NaN codes: 0 x NaN poisons a column
+    if r.element == "e5m2":
+        codes[codes & 0x7C == 0x7C] = 0x3C           # Inf/NaN codes likewise
+    if r.scale_format == "e4m3":
+        s = torch.randint(0x08, 0x7E, qt.scales.shape, generator=g, dtype=torch.uint8)
+    elif r.scale_format == "e8m0":
+        s = torch.randint(100, 150, qt.scales.shape, generator=g, dtype=torch.uint8)
+    else:
+        s = torch.randn(qt.scales.shape, generator=g).abs() + 0.01
+    zp = None if qt.zero_point is None else torch.randint(
+        0, 16, qt.zero_point.shape, generator=g, dtype=torch.uint8)
+    return QuantizedTensor(codes=codes, scales=s, recipe=r, shape=qt.shape,
+                           tensor_scale=qt.tensor_scale, zero_point=zp).to(DEV)
+
+
+def check_decode_exact(K, recipe, dot):
+    """The decoded weights bit for bit on this GPU: 16 one-hot rows of x pick 16 columns of W
+    (random codes: every value, E2M1's 0.5 and FP8 subnormals included) and the kernel's output
+    must equal the reference dequantization exactly (an FTZ or a wrong bit trick shows here)."""
+    def fn():
+        from quantlib.kernels import _decode
+        Kd = 256
+        w = random_code_weight(recipe, 64, Kd, seed=3)
+        dw = K.decode_layout(w)
+        ref = w.dequantize(torch.float32)
+        group = dw.group or 16
+        cfg = (dot, 16, 64, min(32, group), 1, 4, 2)
+        bad = 0
+        for k0 in range(0, Kd, 16):
+            x = torch.zeros(16, Kd, device=DEV)
+            x[torch.arange(16), k0 + torch.arange(16)] = 1.0
+            y = _decode.decode_mm(x.to(torch.bfloat16), dw, out_dtype=torch.float32, config=cfg)
+            want = ref[:, k0:k0 + 16].T
+            bad += int((~((y == want) | (y.isnan() & want.isnan()))).sum())
+        return bad == 0, f"{bad} of {64 * Kd} decoded weights differ from the reference"
+    return fn
+
+
+def check_decode(K, recipe, M, N, Kd, config=None):
+    """weight_matmul through the decode kernel (a config from the heuristic, or forced) against
+    float64 on the dequantized weight; BF16 output within 1 ulp of its FP32 output."""
+    def fn():
+        from quantlib.kernels import _decode
+        from quantlib.qtensor import quantize
+        g = torch.Generator(device=DEV).manual_seed(6)
+        w = quantize(torch.randn(N, Kd, device=DEV, generator=g), recipe)
+        dw = K.decode_layout(w)
+        x = torch.randn(M, Kd, device=DEV, generator=g).to(torch.bfloat16)
+        bias = torch.randn(N, device=DEV, generator=g)
+
+        def run(out):
+            return _decode.decode_mm(x, dw, bias=bias, out_dtype=out, config=config)
+        return gemm_verdict(run(torch.float32), run(torch.bfloat16), x.double(),
+                            w.dequantize().double(), bias, Kd)
+    return fn
+
+
+def check_tinygemm(K, recipe, M, N, Kd):
+    """The baseline multiplies the same weights: tinygemm's packing of a quantlib INT4 weight
+    (BF16 scales and zeros) against x @ dequantize(w)^T, to BF16 precision."""
+    def fn():
+        from quantlib.qtensor import quantize
+        tg = _tinygemm()
+        g = torch.Generator(device=DEV).manual_seed(7)
+        w = quantize(torch.randn(N, Kd, device=DEV, generator=g), recipe)
+        x = torch.randn(M, Kd, device=DEV, generator=g).to(torch.bfloat16)
+        packed, sz, group = tg.tinygemm_weight(w)
+        y = tg.tinygemm_mm(x, packed, group, sz).double()
+        ref = x.double() @ w.dequantize().double().T
+        rel = float((y - ref).abs().max() / ref.abs().max())
+        return rel <= 0.02, f"max |tinygemm - reference| / max |reference| = {rel:.2g}"
+    return fn
+
+
+def check_capture(K, config):
+    """QuantLinear under a CUDA graph: a two-layer MLP quantized with `config`, one eager
+    forward (warm-up: compiles, tuning, weight layouts), then captured and replayed; the replay
+    must equal the eager output bit for bit (same kernels, same configs, no host sync)."""
+    def fn():
+        from torch import nn
+
+        from quantlib.nn import quantize_model
+        torch.manual_seed(8)
+        mlp = nn.Sequential(nn.Linear(d(2048), d(4096)), nn.ReLU(), nn.Linear(d(4096), d(2048)))
+        q = quantize_model(mlp.to(DEV, torch.bfloat16), config)
+        outs = []
+        for M in (1, 8, 64):
+            x = torch.randn(M, d(2048), device=DEV, dtype=torch.bfloat16)
+            with torch.no_grad():
+                y0 = q(x)
+                if DEV != "cuda":
+                    outs.append(True)
+                    continue
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    y = q(x)
+                g.replay()
+                torch.cuda.synchronize()
+            outs.append(bool(torch.equal(y, y0)))
+        if DEV != "cuda":
+            return all(outs), "dry run: eager forward only (no CUDA graph on the CPU)"
+        return all(outs), f"replay == eager for M = 1, 8, 64: {outs}"
+    return fn
+
+
+def bench_decode(K, recipe, M, N, Kd):
+    """A weight-only GEMM at decode M through the decode kernels (weights in their layout,
+    built once), against cuBLAS BF16 and torch's tinygemm INT4 g128 on the same W."""
+    four = recipe in ("nvfp4", "mxfp4") or recipe.startswith("int4")
+    bar = ((2.5 if four else 1.8) if M == 1 else (2.0 if four else 1.5) if M <= 16
+           else 1.2 if M <= 64 else None)
+    tg_bar = 1.3 if (M == 1 and recipe == "int4_g128") else None
+
+    def fn():
+        from quantlib.kernels import _tuning
+        from quantlib.qtensor import quantize
+        tg = _tinygemm()
+        g = torch.Generator(device=DEV).manual_seed(5)
+        w = torch.randn(N, Kd, device=DEV, generator=g)
+        wq = quantize(w, recipe)
+        x = torch.randn(M, Kd, device=DEV, generator=g).to(torch.bfloat16)
+        rot = copies_for(wq.nbytes)
+        dws = [K.decode_layout(wq)] + [K.decode_layout(dataclasses.replace(
+            wq, codes=wq.codes.clone(), scales=wq.scales.clone())) for _ in range(rot - 1)]
+        ours = bench_ms(lambda i: K.weight_matmul(x, dws[i], path="triton"), rotate=rot)
+        config = str(_tuning.LAST_CONFIG)
+        y = K.weight_matmul(x, dws[0], path="triton")
+        err = bench_output_error(y, x.double(), wq.dequantize().double())
+        del y, dws
+        wb = w.to(torch.bfloat16)
+        rotb = copies_for(wb.numel() * 2)
+        wbs = [wb] + [wb.clone() for _ in range(rotb - 1)]
+        base = bench_ms(lambda i: torch.matmul(x, wbs[i].T), rotate=rotb)
+        del wbs
+        packed, sz, group = tg.tinygemm_weight(quantize(w, "int4_g128"))
+        rott = copies_for(packed.numel() * packed.element_size())
+        tws = [packed] + [packed.clone() for _ in range(rott - 1)]
+        tiny = bench_ms(lambda i: tg.tinygemm_mm(x, tws[i], group, sz), rotate=rott)
+        ok = err <= 1.0 and (bar is None or base / ours >= bar) and \
+            (tg_bar is None or tiny / ours >= tg_bar)
+        return {"recipe": recipe, "M": M, "N": N, "K": Kd, "config": config,
+                "output error / bound": err, "ms": ours, "cuBLAS bf16 ms": base,
+                "tinygemm int4 ms": tiny, "vs tinygemm": tiny / ours,
+                "weight GB/s": wq.nbytes / ours / 1e6, "speedup": base / ours, "bar": bar,
+                "tinygemm bar": tg_bar, "pass": ok}
+    return fn
+
+
+def run_decode_checks(K):
+    """Issue 13's checks: every decode format bit for bit and in the FP32 bound, every tuning
+    candidate once, the tinygemm baseline's numbers, QuantLinear under a CUDA graph."""
+    from quantlib.kernels import _decode
+    from quantlib.qtensor import quantize
+    for rec in DECODE_RECIPES:
+        for dot in (False, True):
+            run_check(f"decode {rec} {'dot' if dot else 'gemv'} decoded weights bit-exact",
+                      check_decode_exact(K, rec, dot))
+        for M in (1, 3, 16) if rec in ("nvfp4", "int4_g128") else (1, 16):
+            run_check(f"decode {rec} matmul M={M} N=1536 K=2048",
+                      check_decode(K, rec, M, d(1536), d(2048)))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 132
+    for rec in ("nvfp4", "int4_g128", "fp8_e4m3_rowwise"):
+        dw = K.decode_layout(quantize(torch.randn(64, 256), rec))
+        for M in (1, 16):
+            for cfg in _decode.decode_candidates(M, d(1536), d(2048), dw, sms):
+                run_check(f"decode {rec} M={M} config {cfg}",
+                          check_decode(K, rec, M, d(1536), d(2048), config=cfg))
+    for rec in ("int4_g128", "int4_g128_asym"):
+        run_check(f"tinygemm baseline {rec} M=16 N=1536 K=2048",
+                  check_tinygemm(K, rec, 16, d(1536), d(2048)))
+    for cfg in ("nvfp4", "mxfp4", "mxfp8", "fp8", "int8", "int4_channel", "int4_g128",
+                "int4_g128_asym", "w8a8_fp8"):
+        run_check(f"capture QuantLinear {cfg} in a CUDA graph", check_capture(K, cfg))
+
+
+def run_decode_benches(K):
+    """Issue 13's table: M = 1 on three Llama shapes, M = 16 and 64 on 8192 x 8192."""
+    for M, shapes in ((1, [(8192, 8192), (4096, 14336), (28672, 8192)]), (16, [(8192, 8192)]),
+                      (64, [(8192, 8192)])):
+        for N, Kd in shapes:
+            for rec in ("int4_g128", "nvfp4", "mxfp4", "fp8_e4m3_rowwise", "int4_g128_asym",
+                        "mxfp8_e4m3"):
+                run_bench(f"decode {rec} M={M} N={N} K={Kd}",
+                          bench_decode(K, rec, M, d(N), d(Kd)))
+
+
 # ---- main ----------------------------------------------------------------------------------
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -506,6 +717,7 @@ def main():
     if not args.skip_checks:
         from quantlib.kernels import _tuning
         _tuning.AUTOTUNE = False        # checks: one config per kernel, to keep compiles few
+        run_decode_checks(K)
         run_checks(K)
         _tuning.AUTOTUNE = True
     if not args.quick:
@@ -515,6 +727,7 @@ def main():
         copy_gbs = bench_copy(x)
         BENCHES.append({"bench": f"device copy bf16 {d(8192)}x{d(8192)}", "GB/s": copy_gbs})
         log(f"copy {copy_gbs:.0f} GB/s")
+        run_decode_benches(K)            # issue 13 first: the decode table against the peers
         for rec in ["fp8_e4m3_1x128", "fp8_e4m3_rowwise", "fp8_e4m3_128x128", "fp8_e4m3_tensor",
                     "mxfp8_e4m3", "mxfp4", "nvfp4"]:
             run_bench(f"quantize {rec}", bench_quantize(K, x, rec, copy_gbs))
@@ -523,21 +736,19 @@ def main():
         # most telling first, so a run cut short by the budget still has them: decode and
         # prefill W4A16 at N=K=8192, the FP8 GEMM at 8192^3, then the other shapes
         gemms = [(8192, 8192, 8192), (8192, 6144, 4096), (8192, 28672, 4096), (8192, 4096, 14336)]
-        for M in (1, 16, 2048, 8192):
+        for M in (2048, 8192):          # M = 1 and 16: run_decode_benches
             run_bench(f"nvfp4_matmul M={M} N=8192 K=8192",
                       bench_w4a16(K, "nvfp4", min(M, d(M)), d(8192), d(8192)))
         for mode in ("tensor", "row", "block"):
             M, N, Kd = gemms[0]
             run_bench(f"fp8_scaled_mm {mode} {M}x{N}x{Kd}", bench_fp8_mm(K, mode, d(M), d(N), d(Kd)))
-        for M in (1, 16, 2048, 8192):
+        run_bench("decode nvfp4 M=16 N=28672 K=8192",
+                  bench_decode(K, "nvfp4", 16, d(28672), d(8192)))
+        for M in (2048, 8192):
             run_bench(f"nvfp4_matmul M={M} N=28672 K=8192",
                       bench_w4a16(K, "nvfp4", min(M, d(M)), d(28672), d(8192)))
-        for M in (1, 16, 4096):
-            run_bench(f"mx_matmul mxfp4 M={M} N=8192 K=8192",
-                      bench_w4a16(K, "mxfp4", min(M, d(M)), d(8192), d(8192)))
-        for M in (1, 16):
-            run_bench(f"fp8_weight_matmul rowwise M={M} N=8192 K=8192",
-                      bench_w4a16(K, "fp8_e4m3_rowwise", M, d(8192), d(8192)))
+        run_bench("mx_matmul mxfp4 M=4096 N=8192 K=8192",
+                  bench_w4a16(K, "mxfp4", min(4096, d(4096)), d(8192), d(8192)))
         for M, N, Kd in gemms[1:]:
             for mode in ("tensor", "row", "block"):
                 run_bench(f"fp8_scaled_mm {mode} {M}x{N}x{Kd}",
@@ -630,8 +841,10 @@ def print_table(meta):
         elif "speedup" in b:
             bar = f"{b['bar']:5.2f}" if b["bar"] else "    -"
             ok = "-" if b["pass"] is None else ("PASS" if b["pass"] else "FAIL")
+            tiny = (f"  tinygemm {b['tinygemm int4 ms'] * 1e3:.1f} us ({b['vs tinygemm']:.2f}x)"
+                    if "tinygemm int4 ms" in b else "")
             print(f"{name:58s} {b['ms'] * 1e3:9.1f} us {b['cuBLAS bf16 ms'] * 1e3:9.1f} us "
-                  f"{b['speedup']:6.2f}x {bar}  {ok}  {b.get('config', '')}")
+                  f"{b['speedup']:6.2f}x {bar}  {ok}  {b.get('config', '')}{tiny}")
         elif "ratio" in b:
             print(f"{name:58s} {b['GB/s']:8.0f} GB/s {b['copy GB/s']:7.0f} GB/s "
                   f"{b['ratio']:6.2f}x {b['bar']:5.2f}  {'PASS' if b['pass'] else 'FAIL'}")

@@ -134,21 +134,22 @@ def test_memory_report_counts_codes_and_scales():
 
 
 def test_fallback_warns_once_on_a_gpu_path_and_never_on_the_cpu(monkeypatch):
-    q = quantize_model(mlp(), "int4_g128_asym")
+    q = quantize_model(mlp(), "w8a8_int8")
     x = torch.randn(2, 256)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                      # the CPU reference is silent
         q(x)
     monkeypatch.setattr(qlinear, "kernel_path", lambda device=None: "native-fp8")
     qlinear._WARNED.clear()
-    with pytest.warns(UserWarning, match="no native-fp8 GEMM kernel for 'int4_g128_asym'"):
+    with pytest.warns(UserWarning, match="no native-fp8 GEMM kernel for 'w8a8_int8'"):
         y = q(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")                      # once only
         assert torch.equal(q(x), y)
 
 
-@pytest.mark.parametrize("name", ["w8a8_fp8", "nvfp4", "mxfp4", "mxfp8", "nvfp4_w4a4"])
+@pytest.mark.parametrize("name", ["w8a8_fp8", "nvfp4", "mxfp4", "mxfp8", "nvfp4_w4a4", "fp8",
+                                  "int8", "int4_channel", "int4_g128", "int4_g128_asym"])
 def test_kernel_gemm_agrees_with_the_reference(name):
     # on a GPU the Triton GEMMs; on a CPU under TRITON_INTERPRET=1 (tests/conftest.py) the same
     # kernels in Triton's interpreter; without it the kernels' reference twins

@@ -7,6 +7,11 @@ TRITON_INTERPRET=1 on the CPU, the reference elsewhere); "triton" or "reference"
 
 GEMM layouts follow nn.Linear: activations (M, K), weights (N, K); the result is
 x @ w^T of shape (M, N) (w^T is the "column-major B" of cuBLAS and torch._scaled_mm).
+
+Weight-only GEMMs (nvfp4_matmul, mx_matmul, fp8_weight_matmul, int4_matmul, weight_matmul) run
+the decode kernels for M <= 16 rows (and for INT formats at any M): they read the weight in a
+layout prepared once, `decode_layout(w)`, which these functions take in place of w; given the
+QuantizedTensor itself they build that layout on every call (a transposing copy of w).
 """
 from __future__ import annotations
 
@@ -15,17 +20,21 @@ import math
 import torch
 
 from quantlib.kernels import reference
+from quantlib.kernels._decode import DecodeWeight, decode_kind
 from quantlib.kernels.dispatch import quiet, use_triton
 from quantlib.qtensor import QuantizedTensor, pack_codes, unpack_codes
 from quantlib.recipes import get_recipe, padded_last_dim
 from quantlib.scaling import scale_shape
 
 __all__ = [
+    "DecodeWeight",
+    "decode_layout",
     "fp8_dequantize",
     "fp8_linear",
     "fp8_quantize",
     "fp8_scaled_mm",
     "fp8_weight_matmul",
+    "int4_matmul",
     "mx_dequantize",
     "mx_matmul",
     "mx_quantize",
@@ -33,6 +42,7 @@ __all__ = [
     "nvfp4_matmul",
     "nvfp4_quantize",
     "reference",
+    "weight_matmul",
 ]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -283,7 +293,21 @@ def mx_dequantize(qt: QuantizedTensor, dtype=torch.float32, path: str = "auto"):
     return _run_dequantize(qt, dtype, path, "mx_dequantize")
 
 
+def decode_layout(w: QuantizedTensor) -> DecodeWeight:
+    """w (N, K) in the decode kernels' layout, prepared once (e.g. at quantize time) and
+    passed to the *_matmul functions in place of w: the packed codes transposed to
+    (K / codes_per_word, N) int32 words, N contiguous, scales and zero points to (K / group, N).
+    Holds w itself too (`.qt`: the canonical form, what a state_dict saves). Any device."""
+    from quantlib.kernels import _decode
+    if not isinstance(w, QuantizedTensor):
+        raise TypeError(f"decode_layout takes a QuantizedTensor, got {type(w).__name__}")
+    _check_qtensor(w, "decode_layout")
+    return _decode.decode_layout(w)
+
+
 def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
+    dw = w if isinstance(w, DecodeWeight) else None
+    w = w.qt if dw is not None else w
     if not isinstance(w, QuantizedTensor):
         raise TypeError(f"{what}: w must be a QuantizedTensor, got {type(w).__name__}")
     r = w.recipe
@@ -319,7 +343,15 @@ def _weight_mm(x, w, bias, out_dtype, path, kinds, what):
         raise TypeError(f"out_dtype {out_dtype}: use torch.bfloat16 or torch.float32")
     if not use_triton(x, path):
         return reference.weight_mm_ref(x, w, bias, out_dtype)
-    from quantlib.kernels import _wq_gemm
+    from quantlib.kernels import _decode, _wq_gemm
+    M = x.numel() // K
+    if decode_kind(r) is not None and (M <= _decode.DECODE_MAX_M or kind not in _wq_gemm._WQ):
+        with quiet():       # decode-sized M (or an INT format): the transposed-layout kernels
+            y = _decode.decode_mm(x.reshape(-1, K), dw if dw is not None else
+                                  _decode.decode_layout(w),
+                                  bias=None if bias is None else bias.contiguous(),
+                                  out_dtype=out_dtype)
+        return y.reshape(*x.shape[:-1], N)
     if kind.startswith("fp8"):      # one FP32 scale per tensor or per row, on the accumulator
         ws, ts = None, w.scales.reshape(-1).float().contiguous()
     else:
@@ -434,3 +466,38 @@ def decode_attention(q: torch.Tensor, k: QuantizedTensor, v: QuantizedTensor,
     else:
         m, l, acc = reference.decode_attention_partials_ref(*args, **ts)
     return reference.combine_splits(m, l, acc)
+
+
+def int4_matmul(x: torch.Tensor, w, bias: torch.Tensor | None = None,
+                out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
+    """x @ dequantize(w)^T for an INT4 weight w (N, K) and BF16 activations x (..., K): the
+    W4A16 GEMM of GPTQ/AWQ-style checkpoints. w: a QuantizedTensor (or its `decode_layout`)
+    with INT4 codes and FP32 scales per group of 32/64/128/256 (symmetric), UINT4 codes with a
+    zero point per group (asymmetric, w = (q - z) * s), or INT4 with one scale per output row.
+    FP32 accumulation; BF16 or FP32 output."""
+    int4 = lambda r: (decode_kind(r) or ("",))[0].startswith(("int4", "uint4"))
+    return _weight_mm(x, w, bias, out_dtype, path, {"int4": int4}, "int4_matmul")
+
+
+def weight_matmul(x: torch.Tensor, w, bias: torch.Tensor | None = None,
+                  out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
+    """x @ dequantize(w)^T for any weight-only format with a kernel (NVFP4, MXFP4, MXFP8, FP8 or
+    INT8 per row/tensor, INT4 per group or row): nvfp4_matmul, mx_matmul, fp8_weight_matmul,
+    int4_matmul, or the decode kernel directly (INT8). `w` a QuantizedTensor or DecodeWeight."""
+    qt = w.qt if isinstance(w, DecodeWeight) else w
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"weight_matmul: w must be a QuantizedTensor, got {type(w).__name__}")
+    spec = decode_kind(qt.recipe)
+    if spec is None:
+        raise ValueError(f"weight_matmul: recipe {qt.recipe.name!r} has no weight-only kernel")
+    kind = spec[0]
+    if kind == "nvfp4":
+        return nvfp4_matmul(x, w, bias, out_dtype, path)
+    if kind.startswith("mx"):
+        return mx_matmul(x, w, bias, out_dtype, path)
+    if kind.startswith(("e4m3", "e5m2")):
+        return fp8_weight_matmul(x, w, bias, out_dtype, path)
+    if kind.startswith(("int4", "uint4")):
+        return int4_matmul(x, w, bias, out_dtype, path)
+    int8 = lambda r: (decode_kind(r) or ("",))[0].startswith("int8")
+    return _weight_mm(x, w, bias, out_dtype, path, {"int8": int8}, "weight_matmul")

@@ -3,13 +3,20 @@ the GPU (from a CUDA graph, so Python and launch overheads are not timed) and ke
 
 Every candidate computes the full, correct result, so whichever wins changes the speed, never
 the numbers' accuracy. The first call on a new shape pays the compiles; later calls look the
-winner up. Autotuning runs eager CUDA work: make the first call on a shape outside any CUDA
-graph capture of your own (warm up first, as for any Triton kernel).
+winner up. Autotuning runs eager CUDA work, so inside a CUDA-graph capture a shape not yet
+tuned takes the first (default) config instead: warm up outside the capture to get the tuned one.
 """
 from __future__ import annotations
 
 AUTOTUNE = True    # False: take each launcher's first config (quick checks compile one kernel)
 LAST_CONFIG = None  # the config the latest launch used (benchmarks report it)
+
+
+def capturing() -> bool:
+    """Whether the current CUDA stream is being captured into a graph (no timing, no host
+    synchronisation, no new allocations outside the graph's pool may happen then)."""
+    import torch
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def time_config(launch, cfg, n=10):
@@ -53,6 +60,8 @@ def tuned(cache: dict, key, cfgs, launch, interpret: bool):
     global LAST_CONFIG
     if len(cfgs) == 1 or interpret or not AUTOTUNE:
         LAST_CONFIG = cfgs[0]
+    elif key not in cache and capturing():   # never time candidates inside a CUDA-graph
+        LAST_CONFIG = cfgs[0]                # capture: the default config (not cached)
     else:
         if key not in cache:
             cache[key] = pick(launch, cfgs)

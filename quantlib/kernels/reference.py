@@ -30,9 +30,12 @@ def scaled_mm_ref(a: QuantizedTensor, b: QuantizedTensor, bias=None,
     return c.to(out_dtype)
 
 
-def weight_mm_ref(x: torch.Tensor, w: QuantizedTensor, bias=None,
+def weight_mm_ref(x: torch.Tensor, w, bias=None,
                   out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Twin of nvfp4_matmul / mx_matmul: x @ dequantize(w)^T (+ bias), float32, then cast."""
+    """Twin of nvfp4_matmul / mx_matmul / fp8_weight_matmul / int4_matmul / weight_matmul
+    (and so of the decode kernels): x @ dequantize(w)^T (+ bias), float32, then cast. `w` a
+    QuantizedTensor or a DecodeWeight (its canonical `.qt` is used)."""
+    w = getattr(w, "qt", w)
     y = x.to(torch.float32) @ w.dequantize(torch.float32).T
     if bias is not None:
         y = y + bias.to(torch.float32)

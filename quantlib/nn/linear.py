@@ -288,36 +288,58 @@ class QuantLinear(nn.Module):
 def kernel_gemm(layer: QuantLinear, x: torch.Tensor, path: str = "auto"):
     """y through quantlib.kernels' GEMM for this layer's recipes, or None when there is none.
 
-    W8A8 FP8: fp8_quantize(x) then fp8_scaled_mm; FP8 weights alone (W8A16): fp8_weight_matmul;
-    NVFP4 / MXFP4 / MXFP8 weights: nvfp4_matmul / mx_matmul on BF16 activations (NVFP4 W4A4 first rounds x to NVFP4 and back). The kernels
-    accumulate in FP32 from BF16 inputs, so results match the reference to BF16 precision."""
+    W8A8 FP8: fp8_quantize(x) then fp8_scaled_mm; weight-only (W8A16, W4A16: NVFP4, MXFP4,
+    MXFP8, FP8 or INT8 per row, INT4 per group or row): `weight_matmul` on BF16 activations,
+    with the weight in the decode kernels' layout (built once, `decode_weight`); NVFP4 W4A4
+    first rounds x to NVFP4 and back. The kernels accumulate in FP32 from BF16 inputs, so
+    results match the reference to BF16 precision. No host synchronisation and no tuning
+    inside a CUDA-graph capture: warm up (one eager forward) before capturing."""
     from quantlib import kernels as K
+    from quantlib.kernels._decode import decode_kind
     w, a = layer.config.weight, layer.activation_recipe()
     x = layer.input_transform(x)
     shape, x2 = x.shape, x.reshape(-1, x.shape[-1]).contiguous()
     out = torch.float32 if x.dtype == torch.float32 else torch.bfloat16
     bias = None if layer.bias is None else layer.bias.float()
-    qw = layer.qweight
     if w.element in ("e4m3", "e5m2") and w.scale_format == "fp32" and a is not None \
             and a.element in ("e4m3", "e5m2") and a.calibrator is None \
             and w.granularity in ("tensor", "row") and a.granularity in ("tensor", "row"):
-        y = K.fp8_scaled_mm(K.fp8_quantize(x2, a, path=path), qw, bias, out, path=path)
-    elif w.element in ("e4m3", "e5m2") and w.scale_format in ("fp32", "pow2") and a is None \
-            and w.granularity in ("tensor", "row") and layer.in_features % 16 == 0:
-        y = K.fp8_weight_matmul(x2.to(torch.bfloat16), qw, bias, out, path=path)   # W8A16
-    elif (w.element, w.scale_format, w.block) in (("e2m1", "e4m3", 16), ("e2m1", "e8m0", 32),
-                                                  ("e4m3", "e8m0", 32), ("e5m2", "e8m0", 32)) \
-            and (a is None or a.name == "nvfp4") and layer.in_features % w.block == 0:
+        y = K.fp8_scaled_mm(K.fp8_quantize(x2, a, path=path), layer.qweight, bias, out,
+                            path=path)
+    elif decode_kind(w) is not None and (a is None or a.name == "nvfp4") \
+            and layer.in_features % (max(16, w.block) if w.granularity == "group" else 16) == 0:
         if a is not None:                       # W4A4: the activations take NVFP4's grid too
             xb = K.nvfp4_dequantize(K.nvfp4_quantize(x2, a, path=path), torch.bfloat16,
                                     path=path)
         else:
             xb = x2.to(torch.bfloat16)
-        mm = K.nvfp4_matmul if w.scale_format == "e4m3" else K.mx_matmul
-        y = mm(xb, qw, bias, out, path=path)
+        y = K.weight_matmul(xb, decode_weight(layer), bias, out, path=path)
     else:
         return None
     return y.to(x.dtype).reshape(*shape[:-1], layer.out_features)
+
+
+def decode_weight(layer: QuantLinear):
+    """The layer's weight in the decode kernels' layout (`quantlib.kernels.decode_layout`),
+    built on first use and kept beside the canonical buffers (which the state_dict saves); built
+    again when those buffers change (load_state_dict, .to(device)). Inside a CUDA-graph
+    capture a missing layout is not cached (its tensors would only exist on replay): the
+    canonical weight is passed and transposed on every replay, slower, so warm up first."""
+    from quantlib.kernels import _tuning, decode_layout
+    bufs = (layer.weight_codes, layer.weight_scales, layer.weight_tensor_scale,
+            layer.weight_zero_point)
+    key = tuple((t.data_ptr(), t._version, t.device) for t in bufs if t is not None)
+    cached = layer.__dict__.get("_decode_cache")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if _tuning.capturing():
+        _warn_once(("capture", layer.config.name),
+                   "quantlib: a QuantLinear met a CUDA-graph capture before its first eager "
+                   "forward; its weight layout is rebuilt on every replay: warm up first")
+        return layer.qweight
+    dw = decode_layout(layer.qweight)
+    layer.__dict__["_decode_cache"] = (key, dw)
+    return dw
 
 
 def _kernel_forward(layer: QuantLinear, x: torch.Tensor, path: str):
