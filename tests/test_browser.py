@@ -59,9 +59,9 @@ def _stale_sources() -> list[str]:
     newer = []
     for s in SOURCES:
         p = ROOT / s
-        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()
-                                         and "mathjax" not in f.parts] if p.exists() else []
-        newer += [f.relative_to(ROOT).as_posix() for f in files if f.stat().st_mtime > built]
+        files = [p] if p.is_file() else list(p.rglob("*")) if p.is_dir() else []
+        newer += [f.relative_to(ROOT).as_posix() for f in files if f.is_file()
+                  and "mathjax" not in f.parts and f.stat().st_mtime > built]
     return newer
 
 
@@ -149,6 +149,7 @@ class Chromium:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         os.close(self._cmd_w)
+        os.close(self._res_r)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
