@@ -3,8 +3,9 @@ headless Chromium at a desktop width (1400 px) and a phone width (390 px), light
 
 Each page must load with no console error, no failed request and no request leaving the
 machine; its formulas must be typeset by MathJax (SVG); every image must load and carry a real
-alt text; nothing may stick out of the text column unless it sits in a scroll container; the
-search page must find chapters. A screenshot of each page and view goes to _build/screenshots/
+alt text; nothing may stick out of the text column unless it sits in a scroll container, and a
+scroll container that hides columns must show it; no build- or test-tool word may show in the
+text; the search page must find chapters. A screenshot of each page and view goes to _build/screenshots/
 (CI keeps that folder as an artifact).
 
 Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe): no driver,
@@ -233,6 +234,7 @@ PAGE_CHECKS = r"""
     }
   }
   out.wide = out.wide.map(w => w.what);
+  out.text = article.innerText;
   // A scroll container that hides columns must show it: the book's table container (shadow
   // cue), code and formulas (scroll bars, cut mid-line); any other one cuts content silently.
   out.silent = [];
@@ -249,6 +251,8 @@ PAGE_CHECKS = r"""
 })()
 """
 
+# Words of the tools that make and check the book, not of its subject.
+TOOL_WORDS = re.compile(r"nbval|seed document|source document|hide-input|mystnb", re.I)
 HASHED = re.compile(r"^[0-9a-f]{16,}(\.\w+)?$|\.(png|jpe?g|svg|gif)$")
 
 
@@ -328,6 +332,8 @@ def test_page_renders_cleanly(browser, server, page, view, scheme):
         problems.append(f"page scrolls sideways: {r['pageWidth']} px in a {r['viewport']} px view")
     problems += [f"wider than the text column, not in a scroll container: {w}" for w in r["wide"]]
     problems += [f"cut off with no sign of more: {w}" for w in r["silent"]]
+    problems += [f"tool word in the text: ...{r['text'][max(0, m.start() - 40):m.end() + 20]!r}..."
+                 for m in TOOL_WORDS.finditer(r["text"])]
     _screenshot(b, f"{page.replace('/', '_').removesuffix('.html')}-{view}-{scheme}")
     assert not problems, f"{page} at {view} width, {scheme}:\n  " + "\n  ".join(problems)
 
