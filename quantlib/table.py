@@ -59,11 +59,15 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _numeric(self) -> list[bool]:
+        """Which columns hold only numbers (None cells aside): those align right."""
+        return [all(isinstance(r[i], (int, float)) and not isinstance(r[i], bool)
+                    for r in self.rows if r[i] is not None) for i in range(len(self.columns))]
+
     def __str__(self) -> str:
         cells = self._cells()
         widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(self.columns)]
-        numeric = [all(isinstance(r[i], (int, float)) and not isinstance(r[i], bool)
-                       for r in self.rows if r[i] is not None) for i in range(len(self.columns))]
+        numeric = self._numeric()
 
         def line(vals):
             return "  ".join(v.rjust(w) if num else v.ljust(w)
@@ -82,8 +86,21 @@ class Table:
         return "\n".join(out)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
+        """The title, then the table in a scroll container (classes styled by the book's
+        _static/book.css): a table wider than the page scrolls sideways under a title that
+        stays in place, instead of being cut; numeric columns carry class "num" so their
+        digits align right."""
+        num = self._numeric()
+
+        def cell(tag, v, n):
+            return f'<{tag} class="num">{html.escape(v)}</{tag}>' if n else \
+                f"<{tag}>{html.escape(v)}</{tag}>"
+
+        head = "".join(cell("th", c, n) for c, n in zip(self.columns, num))
+        body = "".join("<tr>" + "".join(cell("td", v, n) for v, n in zip(r, num)) + "</tr>"
                        for r in self._cells())
-        cap = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
-        return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        title = f'<div class="ql-table-title">{html.escape(self.title)}</div>' if self.title else ""
+        label = html.escape(self.title or "table", quote=True)
+        return (f'<div class="ql-table">{title}'
+                f'<div class="ql-table-scroll" role="region" tabindex="0" aria-label="{label}">'
+                f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></div>")

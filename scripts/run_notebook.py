@@ -74,7 +74,9 @@ def execute(path: str, timeout: int = 1200) -> None:
     nb = nbformat.read(path, as_version=4)
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     t0 = time.time()
+    # Figures as 2x PNGs that carry their 1x size (sharp on high-density screens, same layout).
     NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   extra_arguments=["--InlineBackend.figure_formats=retina"],
                    resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}).execute()
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:

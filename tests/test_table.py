@@ -30,3 +30,18 @@ def test_html_and_markdown_escape_and_render():
     t = Table(["a<b"], [["x&y"]], title="T")
     assert "a&lt;b" in t._repr_html_() and "x&amp;y" in t._repr_html_()
     assert t.to_markdown().splitlines()[0] == "| a<b |"
+
+
+def test_html_scrolls_and_marks_numeric_columns():
+    # The book's stylesheet keys on these: div.ql-table-scroll scrolls a wide table under its
+    # title, td.num aligns right.
+    t = Table(["recipe", "bits", "QSNR dB", "note"], [["int8", 8, 41.0, None], ["fp4", 4, None, "x"]],
+              title="Q & A")
+    h = t._repr_html_()
+    assert h.startswith('<div class="ql-table"><div class="ql-table-title">Q &amp; A</div>'
+                        '<div class="ql-table-scroll" role="region" tabindex="0" '
+                        'aria-label="Q &amp; A"><table><thead>')
+    assert h.endswith("</table></div></div>")
+    assert '<th>recipe</th><th class="num">bits</th><th class="num">QSNR dB</th><th>note</th>' in h
+    assert '<tr><td>int8</td><td class="num">8</td><td class="num">41.0000</td><td></td></tr>' in h
+    assert str(t).splitlines()[1] == "recipe  bits  QSNR dB  note"      # text output unchanged
