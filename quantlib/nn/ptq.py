@@ -147,11 +147,13 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                    smooth_alpha: float = 0.5) -> nn.Module:
     """Quantize every nn.Linear of `model` (a copy unless inplace) with `config`.
 
+    Per-layer configs (a mixed-precision plan): `config` may be a mapping from layer names or
+    glob patterns to a config, None (full precision) or (config, {options of this call}), e.g.
+    {"*.attention.*": "fp8", "*": ("int4_g128", {"smooth": "awq"})}; see `layer_configs`.
+
     config: a QuantConfig, a name of `CONFIGS` ("w8a8_fp8", "nvfp4_w4a4", ...) or a recipe name
-    ("nvfp4", "int4_g128", ...: weight-only); or per-layer configs, a mapping from layer names
-    or glob patterns to a config, None (full precision) or (config, {options of this call}),
-    e.g. {"*.attention.*": "fp8", "*": ("int4_g128", {"smooth": "awq"})} (see `layer_configs`).
-    weight_calibrator / act_calibrator: "max", "percentile_99.9", "mse" or a callable (see `quantlib.nn.calibrate`). With `calibration`
+    ("nvfp4", "int4_g128", ...: weight-only). weight_calibrator / act_calibrator: "max",
+    "percentile_99.9", "mse" or a callable (see `quantlib.nn.calibrate`). With `calibration`
     batches, per-tensor activation recipes get static scales; method="gptq" needs them too
     (gptq_options: block_size, damp, act_order, and sequential=False to take every layer's
     inputs from one pass of the FP32 model instead of one pass per layer).
