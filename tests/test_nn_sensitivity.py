@@ -76,6 +76,10 @@ def test_report_columns(report):
     wq = quantize(w, "nvfp4").dequantize()
     expect = 10 * torch.log10(w.double().square().sum() / (w - wq).double().square().sum())
     assert cell["4", "nvfp4"]["weight QSNR dB"] == pytest.approx(float(expect), rel=1e-9)
+    h = torch.relu(m[2](torch.relu(m[0](planted_mlp()[1][0])))).detach()     # layer 4's input
+    y, yq = h @ w.T, h @ wq.T
+    expect = 10 * torch.log10(y.double().square().sum() / (y - yq).double().square().sum())
+    assert cell["4", "nvfp4"]["output QSNR dB"] == pytest.approx(float(expect), rel=1e-4)
     # the FP8 and BF16 rows are far less harmful than the 4-bit ones, every layer
     for n in report.layers:
         assert cell[n, "bf16"]["error alone"] < cell[n, "fp8"]["error alone"] \
@@ -237,6 +241,16 @@ def test_metrics_and_bad_input():
         sensitivity_report(m, ["fp8", ("fp8", "nvfp4", {})], cal)
 
 
+def test_top_layers(report):
+    from quantlib.nn.sensitivity import top_layers
+    t = top_layers(report, "nvfp4", n=2)
+    assert t.column("layer")[0] == PLANTED and len(t) == 2
+    assert top_layers(report, "nvfp4", n=1, worst=False).column("error alone")[0] == min(
+        r["error alone"] for r in rows(report, "nvfp4"))
+    with pytest.raises(ValueError, match="not in the report"):
+        top_layers(report, "mxfp4")
+
+
 def test_harm_figure(report):
     from quantlib.nn.sensitivity_plots import harm_by_depth
     fig = harm_by_depth(report)
@@ -244,3 +258,13 @@ def test_harm_figure(report):
     assert [ln.get_label() for ln in lines] == ["bf16", "fp8", "nvfp4", "int4_g128"]
     assert list(lines[2].get_ydata()) == [r["error alone"] for r in
                                           sorted(rows(report, "nvfp4"), key=lambda r: r["depth"])]
+
+
+@pytest.mark.parametrize("config", ["nvfp4", "w8a8_int8", "nvfp4_w4a4", ("int4_g128", "awq")])
+def test_dequantized_once_is_the_reference_forward(config):
+    from quantlib.nn.sensitivity import _Dequantized
+    m, cal = planted_mlp()
+    cfg, smooth = config if isinstance(config, tuple) else (config, None)
+    q = quantize_model(m, cfg, calibration=cal, smooth=smooth)[2]
+    x = torch.relu(m[0](cal[0][:32])).detach()
+    assert torch.equal(_Dequantized(q)(x), q.reference_forward(x))

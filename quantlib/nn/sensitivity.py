@@ -28,7 +28,8 @@ from quantlib.qtensor import quantize
 from quantlib.table import Table
 
 BF16 = "bf16"          # the full-precision choice: the layer's weight rounded to BF16, 2 B/weight
-COLUMNS = ["layer", "depth", "config", "bytes", "weight QSNR dB", "error alone", "error all but",
+COLUMNS = ["layer", "depth", "config", "bytes", "weight QSNR dB", "output QSNR dB", "error alone",
+           "error all but",
            "act amax", "outlier channels", "act clipped %", "scale underflow", "scale overflow"]
 
 
@@ -106,6 +107,24 @@ def _bf16_linear(lin: nn.Linear) -> nn.Linear:
     with torch.no_grad():
         q.weight.copy_(q.weight.to(torch.bfloat16).to(q.weight.dtype))
     return q
+
+
+class _Dequantized(nn.Module):
+    """A QuantLinear's reference forward with its weight dequantized once: the same arithmetic
+    (input transform, activation rounding, F.linear on the decoded weight), one decode instead of
+    one per call, for the hundreds of forward passes of a report."""
+
+    def __init__(self, layer: QuantLinear):
+        super().__init__()
+        self.layer, self.weight = layer, layer.qweight.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.layer
+        x = q.input_transform(x)
+        a = q.activation_recipe()
+        if a is not None:
+            x = quantize(x.reshape(-1, x.shape[-1]), a).dequantize(x.dtype).reshape(x.shape)
+        return F.linear(x, self.weight.to(x.dtype), None if q.bias is None else q.bias.to(x.dtype))
 
 
 def layer_bytes(layer: nn.Module) -> int:
@@ -188,7 +207,8 @@ def sensitivity_report(model: nn.Module, configs, calibration, metric="rel_mse",
     on `output(model(batch))` (default: logits, last_hidden_state or the output tensor).
 
     Per (layer, config): bytes (`layer_bytes`); weight QSNR (dB) of the effective quantized
-    weight; error alone (only this layer quantized: the harm) and error all but (every other
+    weight, and output QSNR of the layer's own output x W^T on its calibration inputs (below the
+    weight QSNR when the rounding errors meet large input channels); error alone (only this layer quantized: the harm) and error all but (every other
     layer quantized; compare with `uniform_error`); the layer's input max |x| and its outlier
     channels (channel max |x| above `outlier_ratio` times the median channel's); the % of the
     input clipped by the activation scale (configs that quantize activations); block scales that
@@ -220,29 +240,35 @@ def sensitivity_report(model: nn.Module, configs, calibration, metric="rel_mse",
             qall = quantize_model(model, cfg, skip=lambda n, m: n not in names,
                                   calibration=batches, **opts)
             qlayers = {n: qall.get_submodule(n) for n in names}
+        fast = {n: _Dequantized(q) if isinstance(q, QuantLinear) else q
+                for n, q in qlayers.items()}
         full = copy.deepcopy(model)
         for n in names:
-            _swap(full, n, qlayers[n])
+            _swap(full, n, fast[n])
         uniform[label] = error_fn(full)
         for depth, n in enumerate(names):
             q, w = qlayers[n], fp[n].weight.detach()
-            _swap(work, n, q)
+            _swap(work, n, fast[n])
             alone = error_fn(work)
             _swap(work, n, fp[n])
             but = None
             if all_but:
                 _swap(full, n, fp[n])
                 but = error_fn(full)
-                _swap(full, n, q)
+                _swap(full, n, fast[n])
             if isinstance(q, QuantLinear):
                 w_snr = qsnr(w, effective_weight(q))
                 under, over = block_scale_stats(_transformed(q, w), q.qweight)
             else:
                 w_snr, under, over = qsnr(w, q.weight), None, None
             amax, outliers = _input_stats(inputs[n], outlier_ratio)
-            rows.append([n, depth, label, layer_bytes(q), w_snr, alone, but, amax, outliers,
-                         _act_clipped(q, inputs[n]), under, over])
-    rows.sort(key=lambda r: -r[5] if r[5] == r[5] else math.inf)
+            with torch.no_grad():
+                x = inputs[n]
+                out_snr = qsnr(F.linear(x, w.float()), fast[n](x) - (
+                    0 if q.bias is None else q.bias.detach().float())) if x.numel() else None
+            rows.append([n, depth, label, layer_bytes(q), w_snr, out_snr, alone, but, amax,
+                         outliers, _act_clipped(q, inputs[n]), under, over])
+    rows.sort(key=lambda r: -r[6] if r[6] == r[6] else math.inf)
     report = SensitivityReport(COLUMNS, rows, title="Layer sensitivity, most harmful first",
                                digits=4)
     report.model, report.batches, report.layers = model, batches, names
@@ -259,6 +285,18 @@ def _transformed(q: QuantLinear, w: torch.Tensor) -> torch.Tensor:
 def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def top_layers(report: SensitivityReport, config: str, n: int = 6, worst: bool = True,
+               columns=("layer", "error alone", "weight QSNR dB", "output QSNR dB", "act amax",
+                        "outlier channels")) -> Table:
+    """The n most (worst=True) or least harmful layers under one config, selected columns."""
+    if config not in report.variants:
+        raise ValueError(f"{config!r} is not in the report: {list(report.variants)}")
+    mine = [r for r in report.to_dicts() if r["config"] == config]
+    mine = mine[:n] if worst else mine[-n:]
+    return Table(list(columns), [[r[c] for c in columns] for r in mine], digits=report.digits,
+                 title=f"{config}: the {n} {'most' if worst else 'least'} harmful layers")
 
 
 def harm_matrix(report: SensitivityReport, column: str = "error alone") -> dict[str, list]:
