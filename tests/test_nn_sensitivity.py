@@ -251,6 +251,21 @@ def test_top_layers(report):
         top_layers(report, "mxfp4")
 
 
+def test_harm_by_kind():
+    from quantlib.nn.sensitivity import harm_by_kind
+    torch.manual_seed(0)
+    m = nn.Sequential(*[nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
+                        for _ in range(3)])
+    r = sensitivity_report(m, ["int4_g32"], [torch.randn(64, 32)], all_but=False)
+    t = harm_by_kind(r, "int4_g32")
+    assert sorted(t.column("kind")) == ["*.0", "*.2"] and t.column("layers") == [3, 3]
+    for kind, mean in zip(t.column("kind"), t.column("mean error alone")):
+        last = kind[-1]
+        vals = [x["error alone"] for x in r.to_dicts() if x["layer"].endswith("." + last)]
+        assert mean == pytest.approx(sum(vals) / 3)
+    assert t.column("mean error alone") == sorted(t.column("mean error alone"), reverse=True)
+
+
 def test_harm_figure(report):
     from quantlib.nn.sensitivity_plots import harm_by_depth
     fig = harm_by_depth(report)

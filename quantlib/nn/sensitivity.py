@@ -299,6 +299,30 @@ def top_layers(report: SensitivityReport, config: str, n: int = 6, worst: bool =
                  title=f"{config}: the {n} {'most' if worst else 'least'} harmful layers")
 
 
+def harm_by_kind(report: SensitivityReport, config: str) -> Table:
+    """Layers grouped by kind (the name with its block indices, every numeric part but the last,
+    as *: "encoder.layer.*.attention.self.query"), most harmful kind first: mean error alone, weight and output QSNR, largest
+    input max |x| and outlier channels summed over the kind's layers."""
+    if config not in report.variants:
+        raise ValueError(f"{config!r} is not in the report: {list(report.variants)}")
+    groups: dict[str, list] = {}
+    for r in report.to_dicts():
+        if r["config"] == config:
+            *path, last = r["layer"].split(".")
+            kind = ".".join(["*" if p.isdigit() else p for p in path] + [last])
+            groups.setdefault(kind, []).append(r)
+    t = Table(["kind", "layers", "mean error alone", "mean weight QSNR dB",
+               "mean output QSNR dB", "max act amax", "outlier channels"],
+              title=f"{config}: harm by kind of layer", digits=report.digits)
+    for kind, rs in sorted(groups.items(), key=lambda kv: -np.mean([r["error alone"]
+                                                                      for r in kv[1]])):
+        t.append([kind, len(rs), float(np.mean([r["error alone"] for r in rs])),
+                  float(np.mean([r["weight QSNR dB"] for r in rs])),
+                  float(np.mean([r["output QSNR dB"] for r in rs])),
+                  max(r["act amax"] for r in rs), sum(r["outlier channels"] for r in rs)])
+    return t
+
+
 def harm_matrix(report: SensitivityReport, column: str = "error alone") -> dict[str, list]:
     """label -> the report's `column` per layer in depth order (what the harm figure plots)."""
     out = {label: [math.nan] * len(report.layers) for label in report.variants}
