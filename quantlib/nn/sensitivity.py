@@ -207,9 +207,9 @@ def sensitivity_report(model: nn.Module, configs, calibration, metric="rel_mse",
     on `output(model(batch))` (default: logits, last_hidden_state or the output tensor).
 
     Per (layer, config): bytes (`layer_bytes`); weight QSNR (dB) of the effective quantized
-    weight, and output QSNR of the layer's own output x W^T on its calibration inputs (below the
-    weight QSNR when the rounding errors meet large input channels); error alone (only this layer quantized: the harm) and error all but (every other
-    layer quantized; compare with `uniform_error`); the layer's input max |x| and its outlier
+    weight, and QSNR of the layer's own output x W^T on its calibration inputs; error alone (only
+    this layer quantized: the harm) and error all but (every other layer quantized; compare
+    with `uniform_error`); the layer's input max |x| and its outlier
     channels (channel max |x| above `outlier_ratio` times the median channel's); the % of the
     input clipped by the activation scale (configs that quantize activations); block scales that
     underflowed or overflowed (`block_scale_stats`, E4M3/E8M0 block scales).
@@ -256,18 +256,8 @@ def sensitivity_report(model: nn.Module, configs, calibration, metric="rel_mse",
                 _swap(full, n, fp[n])
                 but = error_fn(full)
                 _swap(full, n, fast[n])
-            if isinstance(q, QuantLinear):
-                w_snr = qsnr(w, effective_weight(q))
-                under, over = block_scale_stats(_transformed(q, w), q.qweight)
-            else:
-                w_snr, under, over = qsnr(w, q.weight), None, None
-            amax, outliers = _input_stats(inputs[n], outlier_ratio)
-            with torch.no_grad():
-                x = inputs[n]
-                out_snr = qsnr(F.linear(x, w.float()), fast[n](x) - (
-                    0 if q.bias is None else q.bias.detach().float())) if x.numel() else None
-            rows.append([n, depth, label, layer_bytes(q), w_snr, out_snr, alone, but, amax,
-                         outliers, _act_clipped(q, inputs[n]), under, over])
+            cols = _layer_columns(q, fast[n], w, inputs[n], outlier_ratio)
+            rows.append([n, depth, label, *cols[:3], alone, but, *cols[3:]])
     rows.sort(key=lambda r: -r[6] if r[6] == r[6] else math.inf)
     report = SensitivityReport(COLUMNS, rows, title="Layer sensitivity, most harmful first",
                                digits=4)
@@ -275,6 +265,22 @@ def sensitivity_report(model: nn.Module, configs, calibration, metric="rel_mse",
     report.variants, report.uniform_error, report.error_fn = variants, uniform, error_fn
     report.metric = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
     return report
+
+
+@torch.no_grad()
+def _layer_columns(q: nn.Module, fast: nn.Module, w: torch.Tensor, x: torch.Tensor,
+                   outlier_ratio: float) -> list:
+    """bytes, weight QSNR, output QSNR, act amax, outlier channels, act clipped %, scale
+    underflow, scale overflow of one quantized layer q (fast: q with its weight decoded once)."""
+    if isinstance(q, QuantLinear):
+        w_snr = qsnr(w, effective_weight(q))
+        under, over = block_scale_stats(_transformed(q, w), q.qweight)
+    else:
+        w_snr, under, over = qsnr(w, q.weight), None, None
+    bias = 0 if q.bias is None else q.bias.detach().float()
+    out_snr = qsnr(F.linear(x, w.float()), fast(x) - bias) if x.numel() else None
+    amax, outliers = _input_stats(x, outlier_ratio)
+    return [layer_bytes(q), w_snr, out_snr, amax, outliers, _act_clipped(q, x), under, over]
 
 
 def _transformed(q: QuantLinear, w: torch.Tensor) -> torch.Tensor:
@@ -301,8 +307,9 @@ def top_layers(report: SensitivityReport, config: str, n: int = 6, worst: bool =
 
 def harm_by_kind(report: SensitivityReport, config: str) -> Table:
     """Layers grouped by kind (the name with its block indices, every numeric part but the last,
-    as *: "encoder.layer.*.attention.self.query"), most harmful kind first: mean error alone, weight and output QSNR, largest
-    input max |x| and outlier channels summed over the kind's layers."""
+    as *: "encoder.layer.*.attention.self.query"), most harmful kind first: mean error alone,
+    weight and output QSNR, largest input max |x| and outlier channels summed over the kind's
+    layers."""
     if config not in report.variants:
         raise ValueError(f"{config!r} is not in the report: {list(report.variants)}")
     groups: dict[str, list] = {}
