@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import fnmatch
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -118,6 +118,49 @@ def _padded(recipe):
     return None if recipe is None else dataclasses.replace(recipe, pad=True)
 
 
+def layer_configs(model: nn.Module, configs: Mapping, skip=None) -> dict[str, tuple]:
+    """Per-layer configs resolved: layer name -> (config, options) for every layer to quantize.
+
+    Keys are layer names or glob patterns; an exact name wins over patterns, then the first
+    matching pattern in order. Values: a config, None (keep the layer in full precision) or
+    (config, {quantize_model options}). A key that matches no layer is an error; layers no key
+    matches stay in full precision."""
+    names = select_layers(model, skip)
+    unmatched = [k for k in configs if not isinstance(k, str) or
+                 not any(fnmatch.fnmatchcase(n, k) for n in names)]
+    if unmatched:
+        raise ValueError(f"per-layer config keys {unmatched} match no layer to quantize; the "
+                         f"layers are {names[:8]}{' ...' if len(names) > 8 else ''}")
+    out = {}
+    for n in names:
+        key = n if n in configs else next((k for k in configs if fnmatch.fnmatchcase(n, k)), None)
+        v = None if key is None else configs[key]
+        if v is None:
+            continue
+        cfg, opts = v if isinstance(v, tuple) else (v, {})
+        if not isinstance(opts, dict):
+            raise TypeError(f"layer {n!r}: a per-layer value is a config, None or (config, "
+                            f"{{options}}), got {v!r}")
+        out[n] = (get_config(cfg), opts)
+    return out
+
+
+def _quantize_per_layer(model, configs, skip, inplace, options) -> nn.Module:
+    """quantize_model with per-layer configs: one quantize_model call per distinct (config,
+    options), each on the original model (calibration statistics from FP32 inputs), its layers
+    moved into the result."""
+    groups: dict = {}
+    for n, (cfg, opts) in layer_configs(model, configs, skip).items():
+        groups.setdefault((cfg, repr(sorted(opts.items()))), (cfg, opts, set()))[2].add(n)
+    result, source = (model, copy.deepcopy(model)) if inplace else (copy.deepcopy(model), model)
+    for cfg, opts, names in groups.values():
+        q = quantize_model(source, cfg, skip=lambda n, m, keep=names: n not in keep,
+                           **{**options, **opts})
+        for n in names:
+            _replace(result, n, q.get_submodule(n))
+    return result
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -131,6 +174,10 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
                    smooth_alpha: float = 0.5, pad: bool = False,
                    fuse: str | None = None) -> nn.Module:
     """Quantize every nn.Linear of `model` (a copy unless inplace) with `config`.
+
+    Per-layer configs (a mixed-precision plan): `config` may be a mapping from layer names or
+    glob patterns to a config, None (full precision) or (config, {options of this call}), e.g.
+    {"*.attention.*": "fp8", "*": ("int4_g128", {"smooth": "awq"})}; see `layer_configs`.
 
     config: a QuantConfig, a name of `CONFIGS` ("w8a8_fp8", "nvfp4_w4a4", ...) or a recipe name
     ("nvfp4", "int4_g128", ...: weight-only). weight_calibrator / act_calibrator: "max",
@@ -151,6 +198,11 @@ def quantize_model(model: nn.Module, config, skip=None, calibration: Iterable | 
     fuse="auto": q/k/v and gate/up share one tensor scale (NVFP4 global, per-tensor FP8) and
     one static input scale, as servers that fuse them require (`quantlib.nn.fuse`).
     """
+    if isinstance(config, Mapping):            # per-layer configs (a mixed-precision plan)
+        return _quantize_per_layer(model, config, skip, inplace, dict(
+            calibration=calibration_batches(calibration), weight_calibrator=weight_calibrator,
+            act_calibrator=act_calibrator, method=method, gptq_options=gptq_options,
+            rotate=rotate, smooth=smooth, smooth_alpha=smooth_alpha, pad=pad, fuse=fuse))
     cfg = get_config(config)
     if method not in ("rtn", "gptq"):
         raise ValueError(f"method {method!r}: use 'rtn' (round to nearest) or 'gptq'")
