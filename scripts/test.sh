@@ -7,8 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# tests/test_browser.py drives Debian's Chromium: install it where this user can.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 export PYTHONHASHSEED=0 MPLBACKEND=agg
 .venv/bin/python -m pytest -n 2 --dist loadfile tests "$@"
 .venv/bin/python scripts/run_notebook.py --check -n 2 --dist loadfile book "$@"
 .venv/bin/python scripts/run_notebook.py --as avx2 --check -n 2 --dist loadfile \
-  book/07_ptq.ipynb book/08_qat.ipynb book/09_training.ipynb "$@"
+  book/07_ptq.ipynb book/08_qat.ipynb book/09_training.ipynb book/11_kv_cache.ipynb \
+  book/12_debugging.ipynb "$@"
