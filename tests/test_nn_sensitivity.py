@@ -283,3 +283,32 @@ def test_dequantized_once_is_the_reference_forward(config):
     q = quantize_model(m, cfg, calibration=cal, smooth=smooth)[2]
     x = torch.relu(m[0](cal[0][:32])).detach()
     assert torch.equal(_Dequantized(q)(x), q.reference_forward(x))
+
+
+def test_plan_gives_fused_layers_one_choice_and_exports_as_mixed_precision(tmp_path):
+    """q/k/v and gate/up run as one GEMM on a server: the plan picks one config per group, and
+    the model quantized with it (fuse="auto") writes a mixed-precision checkpoint."""
+    import json
+
+    from quantlib.export import load_checkpoint, save_quantized
+    from quantlib.models.hf_llama import hf_llama
+    from quantlib.nn.fuse import fused_groups
+
+    model = hf_llama()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, model.config.vocab_size, (2, 16), generator=g) for _ in range(2)]
+    report = sensitivity_report(model, ["fp8", "nvfp4"], calibration=batches)
+    fp8_bytes = sum(r["bytes"] for r in report.to_dicts() if r["config"] == "fp8")
+    nvfp4_bytes = sum(r["bytes"] for r in report.to_dicts() if r["config"] == "nvfp4")
+    plan = mixed_precision_plan(report, budget_bytes=(fp8_bytes + nvfp4_bytes) / 2, check=False)
+    assert set(plan.choices.values()) == {"fp8", "nvfp4"}
+    groups = fused_groups(report.layers)
+    assert groups and all(len({plan.choices[n] for n in grp}) == 1 for grp in groups)
+    free = mixed_precision_plan(report, budget_bytes=(fp8_bytes + nvfp4_bytes) / 2,
+                                check=False, fused=False)
+    assert free.predicted_error <= plan.predicted_error     # the constraint can only cost
+    qmodel = quantize_model(model, plan, fuse="auto")
+    save_quantized(qmodel, tmp_path, format="compressed-tensors")
+    qc = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "mixed-precision"
+    assert len(load_checkpoint(tmp_path)) == len(report.layers)

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from quantlib.metrics import clipped_fraction, qsnr
 from quantlib.nn.calibrate import collect_inputs, linear_layers
+from quantlib.nn.fuse import fused_groups
 from quantlib.nn.linear import QuantLinear, get_config
 from quantlib.nn.ptq import calibration_batches, quantize_model, select_layers
 from quantlib.qtensor import quantize
@@ -444,7 +445,7 @@ class MixedPrecisionPlan(Mapping):
 
 def mixed_precision_plan(report: SensitivityReport, budget_bytes: float | None = None,
                          max_error: float | None = None, configs: Iterable[str] | None = None,
-                         check: bool = True) -> MixedPrecisionPlan:
+                         check: bool = True, fused: bool = True) -> MixedPrecisionPlan:
     """The per-layer choice among the report's variants (or the labels in `configs`) with the
     least predicted error within `budget_bytes` (weight bytes of the reported layers, scales
     included, BF16 at 2 bytes per weight), or the fewest bytes with predicted error <= max_error.
@@ -452,8 +453,11 @@ def mixed_precision_plan(report: SensitivityReport, budget_bytes: float | None =
     The prediction adds the per-layer errors alone: for small, independent perturbations of the
     output the squared errors (and KL, to second order) add, which the check measures (the
     report's uniform_error is the same test for one config everywhere). The optimisation over
-    these measured costs is exact: `multiple_choice_knapsack`. check=True quantizes a copy of
-    the model with the plan and measures its error.
+    these measured costs is exact: `multiple_choice_knapsack`. fused=True gives the layers a
+    server runs as one GEMM (q/k/v, gate/up: `quantlib.nn.fuse.fused_groups`) one choice, so the
+    plan can be exported (quantize with the plan and fuse="auto"); each group is one knapsack
+    item whose bytes and error are its layers' sums. check=True quantizes a copy of the model
+    with the plan and measures its error.
     """
     labels = list(report.variants) if configs is None else list(configs)
     unknown = [c for c in labels if c not in report.variants]
@@ -461,10 +465,17 @@ def mixed_precision_plan(report: SensitivityReport, budget_bytes: float | None =
         raise ValueError(f"configs {unknown or labels} are not in the report; it has "
                          f"{list(report.variants)}")
     cell = {(r["layer"], r["config"]): r for r in report.to_dicts()}
-    costs = [[cell[n, c]["bytes"] for c in labels] for n in report.layers]
-    errors = [[cell[n, c]["error alone"] for c in labels] for n in report.layers]
+    together = {m: g for g in (fused_groups(report.layers) if fused else []) for m in g}
+    items = []
+    for n in report.layers:
+        g = together.get(n, [n])
+        if g[0] == n or n not in together:
+            items.append(g)
+    costs = [[sum(cell[n, c]["bytes"] for n in g) for c in labels] for g in items]
+    errors = [[sum(cell[n, c]["error alone"] for n in g) for c in labels] for g in items]
     choice, total, err = multiple_choice_knapsack(costs, errors, budget_bytes, max_error)
-    choices = {n: labels[j] for n, j in zip(report.layers, choice)}
+    picked = {n: labels[j] for g, j in zip(items, choice) for n in g}
+    choices = {n: picked[n] for n in report.layers}
     plan = MixedPrecisionPlan(choices, int(total), err, None, budget_bytes, max_error)
     for n, label in choices.items():
         cfg, opts = report.variants[label]
