@@ -48,15 +48,22 @@ def encode_e2m1_cmp(y):
 @triton.jit
 def encode_elem(y, EB: tl.constexpr, MB: tl.constexpr, BIAS: tl.constexpr, MAXC: tl.constexpr,
                 HW: tl.constexpr):
-    """fp32 -> element code, RNE, saturating (Inf too); NaN never reaches here (bad groups).
-    HW (sm_89+): FP8 through the hardware's cvt.rn.satfinite, the same bits as the integer path
-    (gpu_check.py verifies both); the interpreter and sm_80 use the integer path."""
+    """fp32 -> element code, RNE, saturating (Inf too). NaN reaches here only under a given
+    tensor amax (else its group is bad): it encodes as the reference's saturating encode does,
+    E4M3 0x7F, E5M2 0x7E (sign kept). HW (sm_89+): FP8 through the hardware's
+    cvt.rn.satfinite, the same bits as the integer path (gpu_check.py verifies both); the
+    interpreter and sm_80 use the integer path."""
     if HW and EB == 4 and MB == 3:
         c = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
     elif HW and EB == 5:
         c = y.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
+        c = tl.where(y != y, (c & 0x80) | 0x7E, c)  # noqa: PLR0124 (cvt gives NaN as 0x7F)
     elif EB == 2 and MB == 1:
         c = encode_e2m1_cmp(y)
+    elif EB == 4 and MB == 3:
+        c = encode_minifloat(y, 4, 3, 7, MAXC, MAXC, 0x7F, MAXC)
+    elif EB == 5:
+        c = encode_minifloat(y, 5, 2, 15, MAXC, MAXC, 0x7E, MAXC)
     else:
         c = encode_minifloat(y, EB, MB, BIAS, MAXC, MAXC, MAXC, MAXC)
     return c
@@ -297,9 +304,20 @@ def _meta(recipe):
 HW_CVT = True     # use the hardware FP8 conversion on sm_89+ (False: integer path everywhere)
 
 
-def quantize(x, recipe, hw=None):
+def amax_bits(amax):
+    """A caller's amax (fp32 scalar tensor) as the int32 bit pattern the kernels reduce to: a
+    negative amax becomes NaN (a bad group: NaN scale, codes 0), -0.0 becomes +0.0."""
+    import torch
+    a = amax.detach().reshape(1).to(torch.float32)
+    return torch.where(a >= 0, a + 0.0, float("nan")).view(torch.int32)
+
+
+def quantize(x, recipe, hw=None, amax=None):
     """x (R, K) contiguous fp32/bf16/fp16 on a CUDA device (or the CPU under TRITON_INTERPRET)
-    -> (codes, scales, tensor_scale) laid out as `quantlib.quantize` stores them (2-D view)."""
+    -> (codes, scales, tensor_scale) laid out as `quantlib.quantize` stores them (2-D view).
+    `amax` (fp32 scalar tensor, per-tensor FP8 and NVFP4 only): the tensor amax to scale with,
+    taken as given (the previous step's, or one fused into the producer): one pass over x
+    instead of two; values beyond it saturate."""
     import torch
     R, K = x.shape
     dev, interp = x.device, x.device.type == "cpu"
@@ -315,12 +333,14 @@ def quantize(x, recipe, hw=None):
     ts = None
     if g == "tensor":
         q = torch.empty((R, K), dtype=torch.uint8, device=dev)
-        amax = torch.zeros(1, dtype=torch.int32, device=dev)
+        given = amax is not None
+        amax = amax_bits(amax) if given else torch.zeros(1, dtype=torch.int32, device=dev)
         s = torch.empty((), dtype=torch.float32, device=dev)
         BLOCK = 4096
         grid = (triton.cdiv(x.numel(), BLOCK),)
         if x.numel():
-            launch_amax(x, amax, bf16)
+            if not given:
+                launch_amax(x, amax, bf16)
             quantize_tensor_kernel[grid](x, q, s, amax, x.numel(), BLOCK=BLOCK,
                                          BF16=bf16, INTERPRET=interp, **meta)
         else:
@@ -354,9 +374,10 @@ def quantize(x, recipe, hw=None):
     q = torch.empty((R, KP // 2 if pack else KP), dtype=torch.uint8, device=dev)
     tsb = s
     if sf == "e4m3":
-        amax = torch.zeros(1, dtype=torch.int32, device=dev)
+        given = amax is not None
+        amax = amax_bits(amax) if given else torch.zeros(1, dtype=torch.int32, device=dev)
         ts = torch.empty((), dtype=torch.float32, device=dev)
-        if x.numel():
+        if x.numel() and not given:
             launch_amax(x, amax, bf16)
         tensor_scale_kernel[(1,)](amax, ts, QMAX=meta["QMAX"], INTERPRET=interp)
         tsb = ts
