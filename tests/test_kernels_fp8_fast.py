@@ -143,3 +143,44 @@ def test_quantize_transpose_refusals():
         K.fp8_quantize_transpose(torch.zeros(2, 3, 128, device=DEV))
     with pytest.raises(ValueError, match="fp8_quantize_transpose takes recipes"):
         K.fp8_quantize_transpose(torch.zeros(4, 128, device=DEV), "nvfp4")
+
+
+# ---- persistent FP8 GEMM -----------------------------------------------------------------------
+PMM_CASES = [("fp8_e4m3_tensor", "fp8_e4m3_tensor", 200), ("fp8_e4m3_rowwise", "fp8_e5m2_rowwise", 256),
+             ("fp8_e4m3_1x128", "fp8_e4m3_128x128", 256)]
+
+
+@pytest.mark.parametrize(("ra", "rb", "Kd"), PMM_CASES)
+def test_persistent_gemm_same_bits_as_tiled(ra, rb, Kd):
+    """The persistent kernel (fewer programs than tiles, grouped order) gives the tiled kernel's
+    bits, which are within the FP32-accumulation bound of float64 (test_kernels_gemm)."""
+    from quantlib.kernels import _gemm
+    rb = dataclasses.replace(get_recipe(rb), pad=True)
+    g = torch.Generator().manual_seed(4)
+    xa, xb = torch.randn(70, Kd, generator=g).to(DEV), torch.randn(100, Kd, generator=g).to(DEV)
+    if ra != "fp8_e4m3_tensor":      # a NaN poisons its row (group); per tensor: everything
+        xa[3, 7] = float("nan")
+    a, b = K.fp8_quantize(xa, ra), K.fp8_quantize(xb, rb)
+    bias = torch.randn(100, generator=g).to(DEV)
+    sa, ka, bwa = K._mm_scales(a, "a")
+    sb, kb, bwb = K._mm_scales(b, "b")
+    outs = {}
+    for persistent in (False, True):
+        for out in (torch.float32, torch.bfloat16):
+            with quiet():
+                outs[persistent, out] = _gemm.fp8_mm(
+                    a.codes, b.codes, sa.contiguous(), sb.contiguous(), a.recipe.element,
+                    b.recipe.element, ka, kb, bwa or bwb, bias=bias, out_dtype=out,
+                    config=(32, 32, 128, 2, 4, 1, persistent))
+    for out in (torch.float32, torch.bfloat16):
+        p, t = outs[True, out], outs[False, out]
+        assert torch.equal(p.isnan(), t.isnan())
+        assert bool(p.isnan().any()) == (ra != "fp8_e4m3_tensor")
+        assert torch.equal(p.nan_to_num(), t.nan_to_num())
+    ref = K.fp8_scaled_mm(a, b, bias=bias, out_dtype=torch.float32, path="reference")
+    assert torch.equal(outs[True, torch.float32].isnan(), ref.isnan())
+    ok = ~ref.isnan()
+    a64, b64 = a.dequantize().double().nan_to_num(), b.dequantize().double().nan_to_num()
+    err = (outs[True, torch.float32].double() - (a64 @ b64.T + bias.double())).abs()
+    bound = (a64.abs() @ b64.abs().T) * (Kd * 2.0 ** -23) + 2.0 ** -23 * bias.double().abs() + 1e-30
+    assert float((err[ok] / bound[ok]).max()) <= 1.0

@@ -58,18 +58,28 @@ def _store_out(c_ptr, acc, offs_m, offs_n, M, N, OUT_BF16: tl.constexpr, INTERPR
 
 
 @triton.jit
-def fp8_mm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
-                  stride_sam, stride_sak, stride_sbn, stride_sbk,
-                  SA_ROWS: tl.constexpr, SB_ROWS: tl.constexpr,
-                  A_FMT: tl.constexpr, B_FMT: tl.constexpr, BLOCKWISE: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr, NATIVE: tl.constexpr,
-                  INTERPRET: tl.constexpr, EVEN_K: tl.constexpr,
-                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    """C = (A * sa) @ (B * sb)^T. Scale of A element (m, k) is sa[m // SA_ROWS, k // BK] (strides
-    0 for per-tensor); same for B with n. Without BLOCKWISE the scales do not depend on k and are
-    applied once to the fp32 accumulator; with it (BK = 128 = the scale block) each K-step's
-    partial product is scaled before it is added (DeepSeek-V3's block-scaled GEMM)."""
-    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+def _grouped_tile(tile_id, num_m, num_n, GROUP_M: tl.constexpr):
+    """Tile id -> (pid_m, pid_n) in grouped order: GROUP_M row tiles share each column tile
+    while it is in L2 (Triton tutorial 03); the persistent kernel walks tile ids with it."""
+    width = GROUP_M * num_n
+    first_m = (tile_id // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + ((tile_id % width) % size_m), (tile_id % width) // size_m
+
+
+@triton.jit
+def _fp8_tile(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N, K,
+              stride_sam, stride_sak, stride_sbn, stride_sbk,
+              SA_ROWS: tl.constexpr, SB_ROWS: tl.constexpr,
+              A_FMT: tl.constexpr, B_FMT: tl.constexpr, BLOCKWISE: tl.constexpr,
+              HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr, NATIVE: tl.constexpr,
+              INTERPRET: tl.constexpr, EVEN_K: tl.constexpr,
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """One (BM, BN) output tile: C = (A * sa) @ (B * sb)^T. Scale of A element (m, k) is
+    sa[m // SA_ROWS, k // BK] (strides 0 for per-tensor); same for B with n. Without BLOCKWISE
+    the scales do not depend on k and are applied once to the fp32 accumulator; with it
+    (BK = 128 = the scale block) each K-step's partial product is scaled in registers before it
+    is added (DeepSeek-V3's block-scaled GEMM)."""
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
@@ -117,6 +127,44 @@ def fp8_mm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
     _store_out(c_ptr, acc, offs_m, offs_n, M, N, OUT_BF16, INTERPRET)
 
 
+@triton.jit
+def fp8_mm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
+                  stride_sam, stride_sak, stride_sbn, stride_sbk,
+                  SA_ROWS: tl.constexpr, SB_ROWS: tl.constexpr,
+                  A_FMT: tl.constexpr, B_FMT: tl.constexpr, BLOCKWISE: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr, NATIVE: tl.constexpr,
+                  INTERPRET: tl.constexpr, EVEN_K: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                  NUM_SMS: tl.constexpr):
+    """One program per output tile (grouped order); see _fp8_tile. NUM_SMS: unused here."""
+    pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
+    _fp8_tile(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N, K,
+              stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS, A_FMT, B_FMT,
+              BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM, BN, BK)
+
+
+@triton.jit
+def fp8_mm_persistent_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
+                             stride_sam, stride_sak, stride_sbn, stride_sbk,
+                             SA_ROWS: tl.constexpr, SB_ROWS: tl.constexpr,
+                             A_FMT: tl.constexpr, B_FMT: tl.constexpr, BLOCKWISE: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
+                             NATIVE: tl.constexpr, INTERPRET: tl.constexpr,
+                             EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                             BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr):
+    """Persistent variant (Triton tutorial 09): NUM_SMS programs, each walking the output tiles
+    tile_id = pid, pid + NUM_SMS, ... in grouped order, so one wave covers the whole GEMM (no
+    tail of half-empty waves, no per-tile launch) and neighbouring programs share A/B tiles in
+    L2. The arithmetic per tile is _fp8_tile's: same numbers as fp8_mm_kernel, bit for bit."""
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    for tile_id in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS):
+        pid_m, pid_n = _grouped_tile(tile_id, num_m, num_n, GROUP_M)
+        _fp8_tile(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N, K,
+                  stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS, A_FMT,
+                  B_FMT, BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM, BN, BK)
+
+
 # ---- launchers (host side) -------------------------------------------------------------------
 # The FP8 tensor cores of sm_89/sm_90 do not accumulate in full FP32: inside one MMA chain the
 # accumulator keeps about 13 mantissa bits (FP22, SageAttention2's measurement on Ada and Hopper;
@@ -126,6 +174,16 @@ def fp8_mm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
 # `torch._scaled_mm` the same); 2^-10 leaves a margin and still catches any wrong scale or
 # dropped chunk (errors of order 1). The BF16 paths (sm_80, interpreter) need no such term.
 FP8_MMA_REL_ERR = 2.0 ** -10
+
+
+INTERP_SMS = 3   # "SMs" of the interpreter: fewer programs than tiles, so the loop is exercised
+
+
+def _num_sms(device, interp: bool) -> int:
+    import torch
+    if interp:
+        return INTERP_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _native_fp8(t) -> bool:
@@ -140,6 +198,8 @@ _FP8_CONFIGS = [  # (BM, BN, BK, GROUP_M, num_warps, num_stages): few, so tuning
     (128, 128, 128, 8, 4, 4),
     (64, 128, 128, 8, 4, 4),
 ]
+# persistent candidates (7th field True): one wave of num_SMs programs walking the tiles
+_FP8_CONFIGS += [(128, 256, 128, 8, 8, 3, True), (128, 128, 128, 8, 4, 4, True)]
 _FP8_EMU_CONFIGS = [  # decoded to bf16 in registers: smaller tiles (the bf16 copies need room)
     (128, 128, 128, 8, 8, 3),
     (64, 128, 128, 8, 4, 3),
@@ -167,11 +227,14 @@ def fp8_mm(a, b, sa, sb, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, bias=None,
     key = (M, N, K, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, native, out_dtype)
 
     def launch(cfg):
-        BM, BN, BK, GM, nw, ns = cfg
+        BM, BN, BK, GM, nw, ns = cfg[:6]
+        persistent = len(cfg) > 6 and cfg[6]
         if interp and not blockwise:
             BK = min(BK, max(16, triton.next_power_of_2(K)))
-        grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-        fp8_mm_kernel[grid](
+        tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
+        sms = _num_sms(a.device, interp) if persistent else 1
+        grid = (min(sms, tiles),) if persistent else (tiles,)
+        (fp8_mm_persistent_kernel if persistent else fp8_mm_kernel)[grid](
             a, b, sa, sb, bias if bias is not None else sa,
             c.view(torch.int16) if (interp and out_dtype == torch.bfloat16) else c, M, N, K,
             sa.stride(0) if sa.shape[0] > 1 else 0, sa.stride(1) if sa.shape[1] > 1 else 0,
@@ -179,7 +242,7 @@ def fp8_mm(a, b, sa, sb, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, bias=None,
             SA_ROWS=sa_rows, SB_ROWS=sb_rows, A_FMT=fmt[a_fmt], B_FMT=fmt[b_fmt],
             BLOCKWISE=blockwise, HAS_BIAS=bias is not None,
             OUT_BF16=out_dtype == torch.bfloat16, NATIVE=native, INTERPRET=interp,
-            EVEN_K=K % BK == 0, BM=BM, BN=BN, BK=BK, GROUP_M=GM,
+            EVEN_K=K % BK == 0, BM=BM, BN=BN, BK=BK, GROUP_M=GM, NUM_SMS=sms,
             num_warps=nw, num_stages=ns)
 
     tuned(_best_fp8, key, cfgs, launch, interp)
