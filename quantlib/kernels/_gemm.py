@@ -68,18 +68,20 @@ def _grouped_tile(tile_id, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _fp8_tile(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N, K,
+def _fp8_tile(a_ptr, b_ptr, a_desc, b_desc, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N,
+              K,
               stride_sam, stride_sak, stride_sbn, stride_sbk,
               SA_ROWS: tl.constexpr, SB_ROWS: tl.constexpr,
               A_FMT: tl.constexpr, B_FMT: tl.constexpr, BLOCKWISE: tl.constexpr,
               HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr, NATIVE: tl.constexpr,
               INTERPRET: tl.constexpr, EVEN_K: tl.constexpr,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TMA: tl.constexpr):
     """One (BM, BN) output tile: C = (A * sa) @ (B * sb)^T. Scale of A element (m, k) is
     sa[m // SA_ROWS, k // BK] (strides 0 for per-tensor); same for B with n. Without BLOCKWISE
     the scales do not depend on k and are applied once to the fp32 accumulator; with it
     (BK = 128 = the scale block) each K-step's partial product is scaled in registers before it
-    is added (DeepSeek-V3's block-scaled GEMM)."""
+    is added (DeepSeek-V3's block-scaled GEMM). TMA: A and B tiles come through the tensor
+    descriptors a_desc (M, K) and b_desc (N, K), which zero-fill beyond the edges."""
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
@@ -91,7 +93,10 @@ def _fp8_tile(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N,
     sb_row = sb_ptr + (bn // SB_ROWS) * stride_sbn
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for kb in range(tl.cdiv(K, BK)):
-        if EVEN_K:
+        if TMA:
+            a = a_desc.load([pid_m * BM, kb * BK])
+            b = tl.trans(b_desc.load([pid_n * BN, kb * BK]))
+        elif EVEN_K:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
         else:
@@ -138,9 +143,9 @@ def fp8_mm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
                   NUM_SMS: tl.constexpr):
     """One program per output tile (grouped order); see _fp8_tile. NUM_SMS: unused here."""
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
-    _fp8_tile(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N, K,
-              stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS, A_FMT, B_FMT,
-              BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM, BN, BK)
+    _fp8_tile(a_ptr, b_ptr, a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N,
+              K, stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS, A_FMT, B_FMT,
+              BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM, BN, BK, False)
 
 
 @triton.jit
@@ -151,18 +156,31 @@ def fp8_mm_persistent_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N
                              HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr,
                              NATIVE: tl.constexpr, INTERPRET: tl.constexpr,
                              EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                             BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr):
+                             BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr,
+                             TMA: tl.constexpr):
     """Persistent variant (Triton tutorial 09): NUM_SMS programs, each walking the output tiles
     tile_id = pid, pid + NUM_SMS, ... in grouped order, so one wave covers the whole GEMM (no
     tail of half-empty waves, no per-tile launch) and neighbouring programs share A/B tiles in
-    L2. The arithmetic per tile is _fp8_tile's: same numbers as fp8_mm_kernel, bit for bit."""
+    L2. The arithmetic per tile is _fp8_tile's: same numbers as fp8_mm_kernel, bit for bit.
+    TMA (sm_90+): A and B tiles are loaded through device-side tensor descriptors (Triton
+    tutorial 09), made once per program; the interpreter runs this path too (tests), but its
+    speed and its compilation on Hopper are unverified until a GPU run (gpu_check.py)."""
+    if TMA:
+        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[K, 1],
+                                           block_shape=[BM, BK])
+        b_desc = tl.make_tensor_descriptor(b_ptr, shape=[N, K], strides=[K, 1],
+                                           block_shape=[BN, BK])
+    else:
+        a_desc = a_ptr
+        b_desc = b_ptr
     num_m = tl.cdiv(M, BM)
     num_n = tl.cdiv(N, BN)
     for tile_id in tl.range(tl.program_id(0), num_m * num_n, NUM_SMS):
         pid_m, pid_n = _grouped_tile(tile_id, num_m, num_n, GROUP_M)
-        _fp8_tile(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N, K,
-                  stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS, A_FMT,
-                  B_FMT, BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM, BN, BK)
+        _fp8_tile(a_ptr, b_ptr, a_desc, b_desc, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n,
+                  M, N, K, stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS,
+                  A_FMT, B_FMT, BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM,
+                  BN, BK, TMA)
 
 
 # ---- launchers (host side) -------------------------------------------------------------------
@@ -186,6 +204,12 @@ def _num_sms(device, interp: bool) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _tma_alloc(size: int, alignment: int, stream):
+    """Global scratch for device-side TMA descriptors (triton.set_allocator)."""
+    import torch
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
 def _native_fp8(t) -> bool:
     import torch
     return t.is_cuda and torch.cuda.get_device_capability(t.device) >= (8, 9)
@@ -198,8 +222,11 @@ _FP8_CONFIGS = [  # (BM, BN, BK, GROUP_M, num_warps, num_stages): few, so tuning
     (128, 128, 128, 8, 4, 4),
     (64, 128, 128, 8, 4, 4),
 ]
-# persistent candidates (7th field True): one wave of num_SMs programs walking the tiles
-_FP8_CONFIGS += [(128, 256, 128, 8, 8, 3, True), (128, 128, 128, 8, 4, 4, True)]
+# persistent candidates (7th field "persistent"): one wave of num_SMs programs walking the tiles
+_FP8_CONFIGS += [(128, 256, 128, 8, 8, 3, "persistent"), (128, 128, 128, 8, 4, 4, "persistent")]
+# sm_90+ only, K % 16 == 0 (TMA needs 16-byte row strides): persistent with TMA loads
+_FP8_TMA_CONFIGS = [(128, 256, 128, 8, 8, 3, "tma"), (128, 256, 128, 8, 8, 4, "tma"),
+                    (128, 128, 128, 8, 4, 4, "tma")]
 _FP8_EMU_CONFIGS = [  # decoded to bf16 in registers: smaller tiles (the bf16 copies need room)
     (128, 128, 128, 8, 8, 3),
     (64, 128, 128, 8, 4, 3),
@@ -224,11 +251,21 @@ def fp8_mm(a, b, sa, sb, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, bias=None,
         a, b = a.view(tdt[a_fmt]), b.view(tdt[b_fmt])
     cfgs = [config] if config else ([(32, 32, 128, 4, 4, 1)] if interp else
                                     _FP8_CONFIGS if native else _FP8_EMU_CONFIGS)
+    if (config is None and native and K % 16 == 0
+            and torch.cuda.get_device_capability(a.device) >= (9, 0)):
+        cfgs = cfgs + _FP8_TMA_CONFIGS
     key = (M, N, K, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, native, out_dtype)
 
     def launch(cfg):
         BM, BN, BK, GM, nw, ns = cfg[:6]
-        persistent = len(cfg) > 6 and cfg[6]
+        kind = cfg[6] if len(cfg) > 6 else "tiled"
+        if kind not in ("tiled", "persistent", "tma"):
+            raise ValueError(f"config kind {kind!r}: use 'tiled', 'persistent' or 'tma'")
+        persistent, tma = kind != "tiled", kind == "tma"
+        if tma and K % 16:
+            raise ValueError(f"the TMA config needs K % 16 == 0 (16-byte rows), K={K}")
+        if tma and not interp:
+            triton.set_allocator(_tma_alloc)
         if interp and not blockwise:
             BK = min(BK, max(16, triton.next_power_of_2(K)))
         tiles = triton.cdiv(M, BM) * triton.cdiv(N, BN)
@@ -243,7 +280,7 @@ def fp8_mm(a, b, sa, sb, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, bias=None,
             BLOCKWISE=blockwise, HAS_BIAS=bias is not None,
             OUT_BF16=out_dtype == torch.bfloat16, NATIVE=native, INTERPRET=interp,
             EVEN_K=K % BK == 0, BM=BM, BN=BN, BK=BK, GROUP_M=GM, NUM_SMS=sms,
-            num_warps=nw, num_stages=ns)
+            num_warps=nw, num_stages=ns, **({"TMA": tma} if persistent else {}))
 
     tuned(_best_fp8, key, cfgs, launch, interp)
     return c
