@@ -186,3 +186,20 @@ def test_persistent_gemm_same_bits_as_tiled(ra, rb, Kd):
     err = (outs["tma", torch.float32].double() - (a64 @ b64.T + bias.double())).abs()
     bound = (a64.abs() @ b64.abs().T) * (Kd * 2.0 ** -23) + 2.0 ** -23 * bias.double().abs() + 1e-30
     assert float((err[ok] / bound[ok]).max()) <= 1.0
+
+
+# ---- dequantize: packed bytes read once, scales once per group ---------------------------------
+DQ_RECIPES = ["fp8_e4m3_tensor", "fp8_e5m2_rowwise", "fp8_e4m3_1x128", "fp8_e4m3_128x128", "nvfp4",
+              "mxfp4", "mxfp8_e4m3", "mxfp6_e2m3", _rec("fp8_e4m3_1x128", block=512)]
+
+
+@pytest.mark.parametrize("name", DQ_RECIPES, ids=lambda v: getattr(v, "name", v))
+@pytest.mark.parametrize("shape", [(33, 300), (7, 40)])
+def test_dequantize_bit_exact_odd_shapes(name, shape):
+    r = dataclasses.replace(get_recipe(name), pad=True)
+    x = planted(*shape, nonfinite=shape[0] > 10)
+    qt = reference.quantize_ref(x, r)
+    for dt in (torch.float32, torch.bfloat16, torch.float16):
+        fn = {"e4m3": K.nvfp4_dequantize, "e8m0": K.mx_dequantize}.get(r.scale_format,
+                                                                        K.fp8_dequantize)
+        assert same(fn(qt, dt, path="triton"), qt.dequantize(dt)), dt
