@@ -3,7 +3,7 @@ emulation, GPU against CPU (same quantized numbers, so the same losses), then on
 timed per recipe against torch's BF16 autocast in the same run: the tiny LM, a d=2048 LM, and a
 Llama-3-8B-wide stack of linear blocks (d=4096, FFN 14336, 2 x 4096 tokens).
 
-    PYTHONPATH=. python3 benchmarks/bench_training.py [--out DIR] [--skip-check]
+    PYTHONPATH=. python3 benchmarks/bench_training.py [--out DIR] [--skip-check | --stack-only]
     PYTHONPATH=. python3 benchmarks/bench_training.py --dry-run   # CPU, seconds: the stack step
                                                                   # at toy sizes, nothing timed
 """
@@ -90,13 +90,17 @@ def main():
     tables = [device_report()]
     print(tables[-1], flush=True)
     steps = [("losses", losses_gpu_vs_cpu)]
-    if "--skip-check" not in sys.argv:
+    if "--stack-only" in sys.argv:   # just the d=4096 stack (a few minutes on an H100/H200)
+        steps = []
+    if "--skip-check" not in sys.argv and "--stack-only" not in sys.argv:
         steps.insert(0, ("kernel vs emulation", kernel_vs_emulation))
     recipes = ("fp32", "bf16", "fp8_delayed", "fp8_current", "fp8_rowwise", "fp8_block", "mxfp8",
                "nvfp4")
-    steps.append(("tiny", lambda: time_training_step(recipes, "cuda", TinyLMConfig(), 8, 20)))
-    big = TinyLMConfig(d_model=2048, n_layers=2, n_heads=16, d_ff=8192, context=512)
-    steps.append(("big", lambda: time_training_step(recipes[:6], "cuda", big, 8, 10)))
+    if "--stack-only" not in sys.argv:
+        steps.append(("tiny", lambda: time_training_step(recipes, "cuda", TinyLMConfig(), 8,
+                                                         20)))
+        big = TinyLMConfig(d_model=2048, n_layers=2, n_heads=16, d_ff=8192, context=512)
+        steps.append(("big", lambda: time_training_step(recipes[:6], "cuda", big, 8, 10)))
     steps.append(("stack d=4096", lambda: time_layer_stack(STACK_RECIPES, "cuda")))
     for what, fn in steps:
         try:

@@ -130,7 +130,7 @@ def test_quantize_transpose_given_amax_and_small_tile():
     rq, rqt = reference.quantize_transpose_ref(x, "fp8_e4m3_tensor", amax=a)
     assert_same_qt(q, rq)
     assert_same_qt(qt, rqt)
-    r = _rec("fp8_e4m3_1x128", block=16, pad=True)       # T = 32 tiles of 16-groups (two per tile side)
+    r = _rec("fp8_e4m3_1x128", block=16, pad=True)   # T = 32: two 16-groups per tile side
     x = planted(40, 72)
     with quiet():
         (c, s), (ct, st) = kt.quantize_transpose(x, r, tile=32)
@@ -147,7 +147,8 @@ def test_quantize_transpose_refusals():
 
 
 # ---- persistent FP8 GEMM -----------------------------------------------------------------------
-PMM_CASES = [("fp8_e4m3_tensor", "fp8_e4m3_tensor", 208), ("fp8_e4m3_rowwise", "fp8_e5m2_rowwise", 256),
+PMM_CASES = [("fp8_e4m3_tensor", "fp8_e4m3_tensor", 208),
+             ("fp8_e4m3_rowwise", "fp8_e5m2_rowwise", 256),
              ("fp8_e4m3_1x128", "fp8_e4m3_128x128", 256)]
 
 
@@ -184,13 +185,14 @@ def test_persistent_gemm_same_bits_as_tiled(ra, rb, Kd):
     ok = ~ref.isnan()
     a64, b64 = a.dequantize().double().nan_to_num(), b.dequantize().double().nan_to_num()
     err = (outs["tma", torch.float32].double() - (a64 @ b64.T + bias.double())).abs()
-    bound = (a64.abs() @ b64.abs().T) * (Kd * 2.0 ** -23) + 2.0 ** -23 * bias.double().abs() + 1e-30
+    bound = ((a64.abs() @ b64.abs().T) * (Kd * 2.0 ** -23) + 2.0 ** -23 * bias.double().abs()
+             + 1e-30)
     assert float((err[ok] / bound[ok]).max()) <= 1.0
 
 
 # ---- dequantize: packed bytes read once, scales once per group ---------------------------------
-DQ_RECIPES = ["fp8_e4m3_tensor", "fp8_e5m2_rowwise", "fp8_e4m3_1x128", "fp8_e4m3_128x128", "nvfp4",
-              "mxfp4", "mxfp8_e4m3", "mxfp6_e2m3", _rec("fp8_e4m3_1x128", block=512)]
+DQ_RECIPES = ["fp8_e4m3_tensor", "fp8_e5m2_rowwise", "fp8_e4m3_1x128", "fp8_e4m3_128x128",
+              "nvfp4", "mxfp4", "mxfp8_e4m3", "mxfp6_e2m3", _rec("fp8_e4m3_1x128", block=512)]
 
 
 @pytest.mark.parametrize("name", DQ_RECIPES, ids=lambda v: getattr(v, "name", v))

@@ -49,7 +49,9 @@ class _GivenTensorAmax:
     def __call__(self, rows, dim=-1):
         from quantlib.scaling import max_calibrator
         self.calls += 1
-        return max_calibrator(rows, dim) if self.calls == 1 else self.amax.reshape(1).to(rows.device)
+        if self.calls == 1:
+            return max_calibrator(rows, dim)
+        return self.amax.reshape(1).to(rows.device)
 
 
 def given_amax_recipe(recipe, amax):
