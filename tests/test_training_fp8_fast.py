@@ -80,3 +80,17 @@ def test_odd_token_count_forward_only():
         assert ker(x).shape == (3, 256)
     with pytest.raises(ValueError, match="not a multiple of 128"):
         ker(x.requires_grad_(True)).sum().backward()
+
+
+@pytest.mark.parametrize("recipe", ["fp8_current", "fp8_block"])
+def test_bf16_activations_kernel_epilogue(recipe):
+    """BF16 activations: the kernel adds the bias and rounds to BF16 in its epilogue; the
+    emulation adds in FP32 and casts: one rounding of the same FP32 sum either way."""
+    emu, ker = pair(recipe, seed=3)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(128, 128, generator=g).to(DEV, torch.bfloat16)
+    dy = torch.randn(128, 256, generator=g).to(DEV, torch.bfloat16)
+    for a, b in zip(step(emu, x, dy), step(ker, x, dy), strict=True):
+        assert a.dtype == b.dtype
+        # FP32 sums in another order may straddle a BF16 rounding boundary: 1 BF16 ulp
+        assert torch.allclose(a.float(), b.float(), rtol=2.0 ** -7, atol=1e-3), recipe

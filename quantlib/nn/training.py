@@ -248,12 +248,20 @@ def summarize_stats(stats: list[dict]) -> dict:
             "clipped": sum(s["clipped"] or 0 for s in stats)}
 
 
-def _matmul(qa, qb) -> torch.Tensor:
-    """a @ b.T in FP32: the FP8 kernel for QuantizedTensors, else the emulation's FP32 matmul."""
+def _matmul(qa, qb, bias=None, out_dtype=torch.float32) -> torch.Tensor:
+    """a @ b.T (+ bias) summed in FP32, rounded once to `out_dtype`: the FP8 kernel for
+    QuantizedTensors (bias and the BF16 rounding in its epilogue: no extra pass over the
+    output), else the emulation's FP32 matmul."""
     if isinstance(qa, QuantizedTensor):
         from quantlib.kernels import fp8_scaled_mm
-        return fp8_scaled_mm(qa, qb, out_dtype=torch.float32)
-    return qa @ qb.t()
+        kdt = out_dtype if out_dtype in (torch.float32, torch.bfloat16) else torch.float32
+        y = fp8_scaled_mm(qa, qb, bias=None if bias is None else bias.detach().float(),
+                          out_dtype=kdt)
+        return y.to(out_dtype)
+    y = qa @ qb.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
 
 
 class _LowPrecisionLinear(torch.autograd.Function):
@@ -272,9 +280,7 @@ class _LowPrecisionLinear(torch.autograd.Function):
                 qx, qxt = layer.operand(x2, "x", "fprop", sx), None
         else:
             qx, qw = layer.operand(x2, "x", "fprop", sx), layer.operand(weight, "w", "fprop", sw)
-        y = _matmul(qx, qw)
-        if bias is not None:
-            y = y + bias.float()
+        y = _matmul(qx, qw, bias, x.dtype)
         ctx.save_for_backward(x2, weight)
         ctx.layer, ctx.scales, ctx.x_shape, ctx.has_bias = layer, (sx, sw), x.shape, bias is not None
         if pairs:
@@ -299,7 +305,7 @@ class _LowPrecisionLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             qg = qg if qg is not None else layer.operand(dy2, "dy", "dgrad", sg)
             qwt = ctx.qwt if ctx.qwt is not None else layer.operand(weight.t(), "w", "dgrad", sw)
-            dx = _matmul(qg, qwt).reshape(ctx.x_shape).to(dy.dtype)
+            dx = _matmul(qg, qwt, None, dy.dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             check_tokens(r, x2.shape[0])
             a, b = dy2.t(), x2.t()
@@ -310,7 +316,7 @@ class _LowPrecisionLinear(torch.autograd.Function):
                 qgt = None if qg is None or r.hadamard_wgrad else layer.transposed(qg, "dy")
             qa = qgt if qgt is not None else layer.operand(a, "dy", "wgrad", sg)
             qb = ctx.qxt if ctx.qxt is not None else layer.operand(b, "x", "wgrad", sx)
-            dw = _matmul(qa, qb).to(weight.dtype)
+            dw = _matmul(qa, qb, None, weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2.float().sum(0)
         ctx.qxt = ctx.qwt = None
