@@ -41,7 +41,8 @@ class FP8Linear(nn.Linear):
     """nn.Linear trained with low-precision GEMMs (`recipe`: a TrainingRecipe or its name).
 
     Same parameters and state_dict keys as nn.Linear. Delayed-scaling amax histories and the
-    Hadamard matrix are non-persistent buffers. `record_stats = True` fills `stats` with one
+    Hadamard matrix are non-persistent buffers. On the FP8 kernel path the layer keeps its
+    weight's two FP8 copies between steps (2 bytes per weight element; `drop_weight_cache()`). `record_stats = True` fills `stats` with one
     `cast_stats` dict per cast (flushed values, QSNR energies, clipped values); it also forces
     the emulation. `use_kernel = False` forces it too.
     """
