@@ -687,7 +687,8 @@ def check_fp8_mm_kind(K, kind, rec_a, rec_b, M, N, Kd):
     """One FP8 GEMM config kind (tiled, persistent, tma) against the FP32-accumulation bound."""
     def fn():
         from quantlib.kernels import _gemm
-        if kind == "tma" and DEV == "cuda" and torch.cuda.get_device_capability() < (9, 0):
+        if (kind.startswith("tma") and DEV == "cuda"
+                and torch.cuda.get_device_capability() < (9, 0)):
             return True, "skipped: TMA needs sm_90+"
         g = torch.Generator(device=DEV).manual_seed(1)
         a = K.fp8_quantize(torch.randn(M, Kd, device=DEV, generator=g), rec_a)
@@ -695,7 +696,8 @@ def check_fp8_mm_kind(K, kind, rec_a, rec_b, M, N, Kd):
         bias = torch.randn(N, device=DEV, generator=g)
         sa, ra, bwa = K._mm_scales(a, "a")
         sb, rb, bwb = K._mm_scales(b, "b")
-        cfg = (32, 32, 128, 4, 4, 1, kind) if DEV == "cpu" else (128, 256, 128, 8, 8, 3, kind)
+        cfg = (32, 32, 128, 4, 4, 1, kind) if DEV == "cpu" else (
+            128, 128 if kind == "tma_lag" else 256, 128, 8, 8, 3, kind)
 
         def run(out):
             return _gemm.fp8_mm(a.codes, b.codes, sa.contiguous(), sb.contiguous(),
@@ -714,9 +716,11 @@ def run_fp8_fast_checks(K):
                 "fp8_e4m3_rowwise"):
         run_check(f"fp8_quantize_transpose {rec} bf16", check_quantize_transpose(
             K, rec, torch.bfloat16))
-    for kind in ("tiled", "persistent", "tma"):
+    for kind in ("tiled", "persistent", "tma", "tma_lag"):
         for ra, rb in (("fp8_e4m3_tensor", "fp8_e4m3_tensor"),
                        ("fp8_e4m3_1x128", "fp8_e4m3_128x128")):
+            if kind == "tma_lag" and ra.endswith("tensor"):
+                continue                # the lag only changes block-scaled GEMMs
             run_check(f"fp8_mm kind={kind} {ra} x {rb} 1000x1536x2048",
                       check_fp8_mm_kind(K, kind, ra, rb, d(1000) - 8, d(1536), d(2048)))
 
@@ -778,7 +782,10 @@ def bench_fp8_mm_kind(K, kind, mode, M, N, Kd):
         sb, rb, bwb = K._mm_scales(b, "b")
         sa, sb = sa.contiguous(), sb.contiguous()
         out = {}
-        for cfg in ((128, 256, 128, 8, 8, 3, kind), (128, 128, 128, 8, 4, 4, kind)):
+        cfgs = ([(128, 128, 128, 8, 8, 3, kind), (128, 128, 128, 8, 8, 4, kind)]
+                if kind == "tma_lag" else
+                [(128, 256, 128, 8, 8, 3, kind), (128, 128, 128, 8, 4, 4, kind)])
+        for cfg in cfgs:
             try:
                 out[str(cfg)] = 2.0 * M * N * Kd / bench_ms(lambda cfg=cfg: _gemm.fp8_mm(
                     a.codes, b.codes, sa, sb, "e4m3", "e4m3", ra, rb, bwa or bwb,
@@ -809,8 +816,8 @@ def run_fp8_fast_benches(K, x, copy_gbs):
         run_bench(f"fp8_quantize_transpose {rec}", bench_quantize_transpose(K, x, rec, copy_gbs))
     for rec in ("nvfp4", "mxfp4", "mxfp8_e4m3", "fp8_e4m3_tensor"):
         run_bench(f"dequantize {rec} -> bf16", bench_dequantize_recipe(K, x, rec, copy_gbs))
-    for kind in ("tiled", "persistent", "tma"):
-        for mode in ("tensor", "block"):
+    for kind in ("tiled", "persistent", "tma", "tma_lag"):
+        for mode in ("block",) if kind == "tma_lag" else ("tensor", "block"):
             run_bench(f"fp8_mm kind={kind} {mode} 8192^3",
                       bench_fp8_mm_kind(K, kind, mode, d(8192), d(8192), d(8192)))
 

@@ -168,14 +168,15 @@ def test_persistent_gemm_same_bits_as_tiled(ra, rb, Kd):
     sa, ka, bwa = K._mm_scales(a, "a")
     sb, kb, bwb = K._mm_scales(b, "b")
     outs = {}
-    for kind in ("tiled", "persistent", "tma"):
+    for kind in ("tiled", "persistent", "tma", "tma_lag"):
         for out in (torch.float32, torch.bfloat16):
             with quiet():
                 outs[kind, out] = _gemm.fp8_mm(
                     a.codes, b.codes, sa.contiguous(), sb.contiguous(), a.recipe.element,
                     b.recipe.element, ka, kb, bwa or bwb, bias=bias, out_dtype=out,
                     config=(32, 32, 128, 2, 4, 1, kind))
-    for out, kind in itertools.product((torch.float32, torch.bfloat16), ("persistent", "tma")):
+    kinds = ("persistent", "tma", "tma_lag")
+    for out, kind in itertools.product((torch.float32, torch.bfloat16), kinds):
         p, t = outs[kind, out], outs["tiled", out]
         assert torch.equal(p.isnan(), t.isnan())
         assert bool(p.isnan().any()) == (ra != "fp8_e4m3_tensor")

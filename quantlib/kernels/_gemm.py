@@ -75,13 +75,17 @@ def _fp8_tile(a_ptr, b_ptr, a_desc, b_desc, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid
               A_FMT: tl.constexpr, B_FMT: tl.constexpr, BLOCKWISE: tl.constexpr,
               HAS_BIAS: tl.constexpr, OUT_BF16: tl.constexpr, NATIVE: tl.constexpr,
               INTERPRET: tl.constexpr, EVEN_K: tl.constexpr,
-              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TMA: tl.constexpr):
+              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, TMA: tl.constexpr,
+              LAG: tl.constexpr):
     """One (BM, BN) output tile: C = (A * sa) @ (B * sb)^T. Scale of A element (m, k) is
     sa[m // SA_ROWS, k // BK] (strides 0 for per-tensor); same for B with n. Without BLOCKWISE
     the scales do not depend on k and are applied once to the fp32 accumulator; with it
     (BK = 128 = the scale block) each K-step's partial product is scaled in registers before it
     is added (DeepSeek-V3's block-scaled GEMM). TMA: A and B tiles come through the tensor
-    descriptors a_desc (M, K) and b_desc (N, K), which zero-fill beyond the edges."""
+    descriptors a_desc (M, K) and b_desc (N, K), which zero-fill beyond the edges.
+    LAG (blockwise): chunk k's partial product is scaled and added after chunk k+1's dot is
+    issued, so the FP32 scaling can run while the asynchronous (wgmma) dot does; the sums are
+    the same, in the same order (chunk -1 is 0 * 0 * 0 = +0 added to +0), bit for bit."""
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
@@ -92,6 +96,10 @@ def _fp8_tile(a_ptr, b_ptr, a_desc, b_desc, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid
     sa_row = sa_ptr + (am // SA_ROWS) * stride_sam
     sb_row = sb_ptr + (bn // SB_ROWS) * stride_sbn
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if LAG:
+        prev = tl.zeros((BM, BN), dtype=tl.float32)
+        psa = tl.zeros((BM,), dtype=tl.float32)
+        psb = tl.zeros((BN,), dtype=tl.float32)
     for kb in range(tl.cdiv(K, BK)):
         if TMA:
             a = a_desc.load([pid_m * BM, kb * BK])
@@ -109,7 +117,13 @@ def _fp8_tile(a_ptr, b_ptr, a_desc, b_desc, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid
             if not INTERPRET:
                 a = a.to(tl.bfloat16)
                 b = b.to(tl.bfloat16)
-        if BLOCKWISE:
+        if BLOCKWISE and LAG:
+            part = tl.dot(a, b, out_dtype=tl.float32)
+            acc += prev * psa[:, None] * psb[None, :]
+            prev = part
+            psa = tl.load(sa_row + kb * stride_sak)
+            psb = tl.load(sb_row + kb * stride_sbk)
+        elif BLOCKWISE:
             sa = tl.load(sa_row + kb * stride_sak)
             sb = tl.load(sb_row + kb * stride_sbk)
             part = tl.dot(a, b, out_dtype=tl.float32)
@@ -123,6 +137,8 @@ def _fp8_tile(a_ptr, b_ptr, a_desc, b_desc, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid
             acc = tl.dot(a, b, acc, out_dtype=tl.float32)
         a_ptrs += BK
         b_ptrs += BK
+    if LAG:
+        acc += prev * psa[:, None] * psb[None, :]
     if not BLOCKWISE:
         sa = tl.load(sa_row)
         sb = tl.load(sb_row)
@@ -145,7 +161,8 @@ def fp8_mm_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N, K,
     pid_m, pid_n = _tile_ids(M, N, BM, BN, GROUP_M)
     _fp8_tile(a_ptr, b_ptr, a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n, M, N,
               K, stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS, A_FMT, B_FMT,
-              BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM, BN, BK, False)
+              BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM, BN, BK, False,
+              False)
 
 
 @triton.jit
@@ -157,7 +174,7 @@ def fp8_mm_persistent_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N
                              NATIVE: tl.constexpr, INTERPRET: tl.constexpr,
                              EVEN_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                              BK: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr,
-                             TMA: tl.constexpr):
+                             TMA: tl.constexpr, LAG: tl.constexpr):
     """Persistent variant (Triton tutorial 09): NUM_SMS programs, each walking the output tiles
     tile_id = pid, pid + NUM_SMS, ... in grouped order, so one wave covers the whole GEMM (no
     tail of half-empty waves, no per-tile launch) and neighbouring programs share A/B tiles in
@@ -180,7 +197,7 @@ def fp8_mm_persistent_kernel(a_ptr, b_ptr, sa_ptr, sb_ptr, bias_ptr, c_ptr, M, N
         _fp8_tile(a_ptr, b_ptr, a_desc, b_desc, sa_ptr, sb_ptr, bias_ptr, c_ptr, pid_m, pid_n,
                   M, N, K, stride_sam, stride_sak, stride_sbn, stride_sbk, SA_ROWS, SB_ROWS,
                   A_FMT, B_FMT, BLOCKWISE, HAS_BIAS, OUT_BF16, NATIVE, INTERPRET, EVEN_K, BM,
-                  BN, BK, TMA)
+                  BN, BK, TMA, LAG and BLOCKWISE)
 
 
 # ---- launchers (host side) -------------------------------------------------------------------
@@ -227,6 +244,9 @@ _FP8_CONFIGS += [(128, 256, 128, 8, 8, 3, "persistent"), (128, 128, 128, 8, 4, 4
 # sm_90+ only, K % 16 == 0 (TMA needs 16-byte row strides): persistent with TMA loads
 _FP8_TMA_CONFIGS = [(128, 256, 128, 8, 8, 3, "tma"), (128, 256, 128, 8, 8, 4, "tma"),
                     (128, 128, 128, 8, 4, 4, "tma")]
+# block scales only: TMA + the scaling of chunk k deferred past chunk k+1's dot (two FP32 tiles
+# live: BN = 128 with 8 warps keeps them in registers)
+_FP8_TMA_LAG_CONFIGS = [(128, 128, 128, 8, 8, 3, "tma_lag"), (128, 128, 128, 8, 8, 4, "tma_lag")]
 _FP8_EMU_CONFIGS = [  # decoded to bf16 in registers: smaller tiles (the bf16 copies need room)
     (128, 128, 128, 8, 8, 3),
     (64, 128, 128, 8, 4, 3),
@@ -253,15 +273,16 @@ def fp8_mm(a, b, sa, sb, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, bias=None,
                                     _FP8_CONFIGS if native else _FP8_EMU_CONFIGS)
     if (config is None and native and K % 16 == 0
             and torch.cuda.get_device_capability(a.device) >= (9, 0)):
-        cfgs = cfgs + _FP8_TMA_CONFIGS
+        cfgs = cfgs + _FP8_TMA_CONFIGS + (_FP8_TMA_LAG_CONFIGS if blockwise else [])
     key = (M, N, K, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, native, out_dtype)
 
     def launch(cfg):
         BM, BN, BK, GM, nw, ns = cfg[:6]
         kind = cfg[6] if len(cfg) > 6 else "tiled"
-        if kind not in ("tiled", "persistent", "tma"):
-            raise ValueError(f"config kind {kind!r}: use 'tiled', 'persistent' or 'tma'")
-        persistent, tma = kind != "tiled", kind == "tma"
+        if kind not in ("tiled", "persistent", "tma", "tma_lag"):
+            raise ValueError(f"config kind {kind!r}: use 'tiled', 'persistent', 'tma' or "
+                             f"'tma_lag'")
+        persistent, tma = kind != "tiled", kind.startswith("tma")
         if tma and K % 16:
             raise ValueError(f"the TMA config needs K % 16 == 0 (16-byte rows), K={K}")
         if tma and not interp:
@@ -280,7 +301,8 @@ def fp8_mm(a, b, sa, sb, a_fmt, b_fmt, sa_rows, sb_rows, blockwise, bias=None,
             BLOCKWISE=blockwise, HAS_BIAS=bias is not None,
             OUT_BF16=out_dtype == torch.bfloat16, NATIVE=native, INTERPRET=interp,
             EVEN_K=K % BK == 0, BM=BM, BN=BN, BK=BK, GROUP_M=GM, NUM_SMS=sms,
-            num_warps=nw, num_stages=ns, **({"TMA": tma} if persistent else {}))
+            num_warps=nw, num_stages=ns,
+            **({"TMA": tma, "LAG": kind == "tma_lag"} if persistent else {}))
 
     tuned(_best_fp8, key, cfgs, launch, interp)
     return c
