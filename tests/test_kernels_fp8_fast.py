@@ -206,3 +206,21 @@ def test_dequantize_bit_exact_odd_shapes(name, shape):
         fn = {"e4m3": K.nvfp4_dequantize, "e8m0": K.mx_dequantize}.get(r.scale_format,
                                                                         K.fp8_dequantize)
         assert same(fn(qt, dt, path="triton"), qt.dequantize(dt)), dt
+
+
+@pytest.mark.parametrize("name", ["fp8_e4m3_tensor", "fp8_e4m3_1x128", "fp8_e4m3_128x128",
+                                  "fp8_e4m3_rowwise"])
+@pytest.mark.parametrize("nan", [False, True])
+def test_quantize_transpose_returns_amax(name, nan):
+    r = dataclasses.replace(get_recipe(name), pad=True)
+    x = planted(136, 200, nonfinite=False).to(torch.bfloat16)
+    if nan:
+        x[7, 9] = float("nan")
+    given = {"amax": torch.tensor(2.0, device=DEV)} if name.endswith("tensor") else {}
+    q, qt, a = K.fp8_quantize_transpose(x, r, path="triton", return_amax=True, **given)
+    want = x.float().abs().amax()
+    assert a.dtype == torch.float32 and a.shape == ()
+    assert (bool(a.isnan()) and nan) or (not nan and float(a) == float(want))
+    rq, rqt = reference.quantize_transpose_ref(x, r, **given)
+    assert_same_qt(q, rq)
+    assert_same_qt(qt, rqt)

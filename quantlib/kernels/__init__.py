@@ -393,12 +393,14 @@ def _check_amax(amax, x, r):
 
 
 def fp8_quantize_transpose(x: torch.Tensor, recipe="fp8_e4m3_1x128", path: str = "auto",
-                           amax=None):
+                           amax=None, return_amax: bool = False):
     """(fp8_quantize(x, recipe), fp8_quantize(x.T.contiguous(), recipe)) from one read of the
     2-D x: the row-wise and column-wise FP8 copies training needs (fprop reads x, wgrad x^T;
     fprop W, dgrad W^T). One kernel for per-tensor, 1xG (G <= 128) and square GxG block
     recipes; other recipes (row-wise: the column copy needs each column's amax first) run two
-    quantize calls. `amax` as in fp8_quantize (per-tensor recipes)."""
+    quantize calls. `amax` as in fp8_quantize (per-tensor recipes). `return_amax=True` adds a
+    third result, x's own amax (fp32 scalar, NaN if x has one), reduced in the same read by the
+    one-read kernel: delayed scaling scales with the history's amax and records this one."""
     r = _check_recipe(recipe, _FP8_ELEMENTS, ("fp32", "pow2"), "fp8_quantize_transpose")
     _check_input(x)
     if x.dim() != 2:
@@ -408,16 +410,23 @@ def fp8_quantize_transpose(x: torch.Tensor, recipe="fp8_e4m3_1x128", path: str =
     from quantlib.kernels import _quantize_t as kt
     if not (use_triton(x, path) and kt.fused_ok(r)) or x.numel() == 0:
         if use_triton(x, path) and _kernel_ok(r) and x.numel():
-            return (_run_quantize(x, r, path, amax),
-                    _run_quantize(x.t().contiguous(), r, path, amax))
-        return reference.quantize_transpose_ref(x, r, amax=amax)
+            out = (_run_quantize(x, r, path, amax),
+                   _run_quantize(x.t().contiguous(), r, path, amax))
+        else:
+            out = reference.quantize_transpose_ref(x, r, amax=amax)
+        if return_amax:
+            xa = x.detach().abs()
+            out = (*out, (xa.amax() if x.numel() else xa.new_zeros(())).float())
+        return out
     from quantlib.scaling import pad_to_blocks
     R, K = x.shape
     pad_to_blocks(torch.empty((R, K), device="meta"), r)   # same ValueError as quantize
     pad_to_blocks(torch.empty((K, R), device="meta"), r)
+    amax_out = torch.zeros(1, dtype=torch.int32, device=x.device) if return_amax else None
     with quiet():
-        (q, s), (qt, st) = kt.quantize_transpose(x, r, amax=amax)
-    return (QuantizedTensor(codes=q, scales=s.reshape(scale_shape(r, (R, K))), recipe=r,
-                            shape=(R, K), dtype=x.dtype),
-            QuantizedTensor(codes=qt, scales=st.reshape(scale_shape(r, (K, R))), recipe=r,
-                            shape=(K, R), dtype=x.dtype))
+        (q, s), (qt, st) = kt.quantize_transpose(x, r, amax=amax, amax_out=amax_out)
+    out = (QuantizedTensor(codes=q, scales=s.reshape(scale_shape(r, (R, K))), recipe=r,
+                           shape=(R, K), dtype=x.dtype),
+           QuantizedTensor(codes=qt, scales=st.reshape(scale_shape(r, (K, R))), recipe=r,
+                           shape=(K, R), dtype=x.dtype))
+    return (*out, amax_out.view(torch.float32).reshape(())) if return_amax else out

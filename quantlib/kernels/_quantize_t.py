@@ -21,20 +21,25 @@ from quantlib.kernels._quantize import abs_bits, encode_elem, group_scale
 
 
 @triton.jit
-def quantize_transpose_kernel(x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, amax_ptr, R, K, KP, RP,
+def quantize_transpose_kernel(x_ptr, q_ptr, s_ptr, qt_ptr, st_ptr, amax_ptr, amax_out_ptr,
+                              R, K, KP, RP,
                               stride_s, stride_st, EB: tl.constexpr, MB: tl.constexpr,
                               BIAS: tl.constexpr, MAXC: tl.constexpr, QMAX: tl.constexpr,
                               SCALE: tl.constexpr, MODE: tl.constexpr, T: tl.constexpr,
                               G: tl.constexpr, BF16: tl.constexpr, HW: tl.constexpr,
-                              INTERPRET: tl.constexpr):
+                              INTERPRET: tl.constexpr, AMAX_OUT: tl.constexpr):
     """x (R, K) -> q (R, KP) with scales s, and qt (K, RP) = the codes of x^T with scales st
-    (KP, RP: K and R zero-padded to whole groups; strides are the scales' row strides)."""
+    (KP, RP: K and R zero-padded to whole groups; strides are the scales' row strides).
+    AMAX_OUT: also reduce x's amax (int bits, atomic max) into amax_out_ptr, for the caller's
+    next step (delayed scaling records it without another pass over x)."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * T + tl.arange(0, T)
     cols = pid_c * T + tl.arange(0, T)
     x = to_f32(tl.load(x_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :],
                        mask=(rows < R)[:, None] & (cols < K)[None, :], other=0.0), BF16)
+    if AMAX_OUT:
+        tl.atomic_max(amax_out_ptr, tl.max(tl.max(abs_bits(x), axis=1), axis=0))
     if MODE == 0:
         stored, r, bad = group_scale(tl.load(amax_ptr), 1.0, QMAX, SCALE, 0, 0, 0, INTERPRET)
         q = tl.where(bad, 0, encode_elem(x * r, EB, MB, BIAS, MAXC, HW))
@@ -91,9 +96,10 @@ def fused_ok(recipe) -> bool:
     return False
 
 
-def quantize_transpose(x, recipe, amax=None, hw=None, tile=None):
+def quantize_transpose(x, recipe, amax=None, hw=None, tile=None, amax_out=None):
     """x (R, K) contiguous fp32/bf16/fp16 -> ((q, s), (qt, st)): the codes and scales of x and
-    of x^T, as `quantize` lays them out. `amax` (per-tensor recipes): the tensor amax, given."""
+    of x^T, as `quantize` lays them out. `amax` (per-tensor recipes): the tensor amax, given.
+    `amax_out` (int32 (1,) zeros): receives x's amax as fp32 bits, reduced in the same pass."""
     import torch
 
     from quantlib.kernels._quantize import HW_CVT, _meta, amax_bits, launch_amax
@@ -130,7 +136,9 @@ def quantize_transpose(x, recipe, amax=None, hw=None, tile=None):
     q = torch.empty((R, KP), dtype=torch.uint8, device=dev)
     qt = torch.empty((K, RP), dtype=torch.uint8, device=dev)
     grid = (triton.cdiv(R, T), triton.cdiv(K, T))
-    quantize_transpose_kernel[grid](x, q, s, qt, st, a, R, K, KP, RP, stride_s, stride_st,
+    out = amax_out if amax_out is not None else a
+    quantize_transpose_kernel[grid](x, q, s, qt, st, a, out, R, K, KP, RP, stride_s, stride_st,
                                     MODE=mode, T=T, G=G, BF16=bf16, HW=hw, INTERPRET=interp,
+                                    AMAX_OUT=amax_out is not None,
                                     num_warps=8 if T * T >= 8192 else 4, **meta)
     return (q, s), (qt, st)
