@@ -157,6 +157,31 @@ class FP8Linear(nn.Linear):
             t = t.float()
         return fp8_quantize_transpose(t.contiguous(), self.recipe.operand_recipe(role))
 
+    def fused_delayed(self) -> bool:
+        """Delayed scaling on the kernel path casts with delayed_pair (one read per operand)."""
+        r = self.recipe
+        return r.kind == "fp8" and r.scaling == "delayed" and not r.hadamard_wgrad
+
+    def delayed_pair(self, t: torch.Tensor, role: str):
+        """operand_pair under delayed scaling in one read: the cast takes the history's amax
+        (times 2^margin; scale = fl(amax / qmax), 1 for an empty or NaN history, as
+        AmaxHistory.scale) and reduces this tensor's amax in the same pass, which then goes
+        into the history (in training mode), as tensor_scale does with a pass of its own."""
+        from quantlib.kernels import fp8_quantize_transpose
+        r = self.recipe
+        h = getattr(self, f"amax_history_{role}")
+        a = h.max() if r.amax_compute_algo == "max" else h[0]
+        a = torch.where(a > 0, a.float() * 2.0 ** r.margin, 0.0)
+        t = t.detach()
+        if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            t = t.float()
+        q, qt, amax = fp8_quantize_transpose(t.contiguous(), f"fp8_{r.element(role)}_tensor",
+                                             amax=a.to(t.device), return_amax=True)
+        if self.training:
+            AmaxHistory(get_format(r.element(role)).max, algo=r.amax_compute_algo,
+                        margin=r.margin, history=h).update(amax)
+        return q, qt
+
     def weight_pair(self, weight: torch.Tensor, scale=None):
         """operand_pair of the weight, cached while the weight is unchanged (same storage, same
         version counter, same device): gradient-accumulation micro-steps cast it once. Not with
@@ -271,9 +296,15 @@ class _LowPrecisionLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer: FP8Linear):
         x2 = x.reshape(-1, x.shape[-1])
-        sx, sw = layer.tensor_scale(x2, "x"), layer.tensor_scale(weight, "w")
         pairs = layer._fp8_kernel_ok(x2)
-        if pairs:                 # both FP8 copies of x and W, each from one read
+        delayed = pairs and layer.fused_delayed()
+        sx = sw = None
+        if not delayed:
+            sx, sw = layer.tensor_scale(x2, "x"), layer.tensor_scale(weight, "w")
+        if delayed:               # the history's scale, this amax recorded, in one read
+            qx, qxt = layer.delayed_pair(x2, "x")
+            qw, qwt = layer.delayed_pair(weight, "w")
+        elif pairs:               # both FP8 copies of x and W, each from one read
             qw, qwt = layer.weight_pair(weight, sw)
             if x2.shape[0] % layer.recipe.block == 0:
                 qx, qxt = layer.operand_pair(x2, "x", sx)
@@ -289,7 +320,7 @@ class _LowPrecisionLinear(torch.autograd.Function):
         else:
             ctx.qxt = None if layer.recipe.hadamard_wgrad else layer.transposed(qx, "x")
             ctx.qwt = layer.transposed(qw, "w")
-        ctx.pairs = pairs
+        ctx.pairs, ctx.delayed = pairs, delayed
         return y.reshape(*x.shape[:-1], -1).to(x.dtype)
 
     @staticmethod
@@ -297,10 +328,13 @@ class _LowPrecisionLinear(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         layer, (sx, sw), r = ctx.layer, ctx.scales, ctx.layer.recipe
         dy2 = dy.reshape(-1, dy.shape[-1])
-        sg = layer.tensor_scale(dy2, "dy")
         dx = dw = db = None
-        qg = qgt = None
-        if (ctx.pairs and not r.hadamard_wgrad and all(ctx.needs_input_grad[:2])
+        qg = qgt = sg = None
+        if ctx.delayed:
+            qg, qgt = layer.delayed_pair(dy2, "dy")
+        else:
+            sg = layer.tensor_scale(dy2, "dy")
+        if (not ctx.delayed and ctx.pairs and not r.hadamard_wgrad and all(ctx.needs_input_grad[:2])
                 and dy2.shape[0] % r.block == 0):
             qg, qgt = layer.operand_pair(dy2, "dy", sg)   # dgrad's dy and wgrad's dy^T
         if ctx.needs_input_grad[0]:
