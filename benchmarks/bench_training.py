@@ -1,8 +1,11 @@
 """GPU check of low-precision training (chapter 9): FP8Linear's FP8-kernel path against its
 emulation, GPU against CPU (same quantized numbers, so the same losses), then one training step
-timed per recipe against torch's BF16 autocast in the same run.
+timed per recipe against torch's BF16 autocast in the same run: the tiny LM, a d=2048 LM, and a
+Llama-3-8B-wide stack of linear blocks (d=4096, FFN 14336, 2 x 4096 tokens).
 
-    PYTHONPATH=. python3 benchmarks/bench_training.py [--out DIR]
+    PYTHONPATH=. python3 benchmarks/bench_training.py [--out DIR] [--skip-check | --stack-only]
+    PYTHONPATH=. python3 benchmarks/bench_training.py --dry-run   # CPU, seconds: the stack step
+                                                                  # at toy sizes, nothing timed
 """
 import os
 import sys
@@ -13,6 +16,7 @@ import torch
 from quantlib import device_report
 from quantlib.models import TinyLMConfig
 from quantlib.nn.training import FP8Linear
+from quantlib.nn.training_bench import time_layer_stack
 from quantlib.nn.training_recipes import get_training_recipe
 from quantlib.nn.training_runs import run_recipes, time_training_step
 from quantlib.table import Table
@@ -68,18 +72,36 @@ def losses_gpu_vs_cpu(steps=40) -> Table:
     return t
 
 
+STACK_RECIPES = ("fp8_delayed", "fp8_current", "fp8_rowwise", "fp8_block", "mxfp8")
+
+
+def dry_run() -> Table:
+    """The layer-stack step end to end at toy sizes on the CPU (emulated GEMMs): a quick check
+    that the benchmark runs, not a measurement."""
+    return time_layer_stack(STACK_RECIPES, "cpu", d=256, ffn=512, seq=128, batch=1, n_layers=1,
+                            repeats=1, kv=128)
+
+
 def main():
     out = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else None
+    if "--dry-run" in sys.argv:
+        print(dry_run(), flush=True)
+        return
     tables = [device_report()]
     print(tables[-1], flush=True)
     steps = [("losses", losses_gpu_vs_cpu)]
-    if "--skip-check" not in sys.argv:
+    if "--stack-only" in sys.argv:   # just the d=4096 stack (a few minutes on an H100/H200)
+        steps = []
+    if "--skip-check" not in sys.argv and "--stack-only" not in sys.argv:
         steps.insert(0, ("kernel vs emulation", kernel_vs_emulation))
     recipes = ("fp32", "bf16", "fp8_delayed", "fp8_current", "fp8_rowwise", "fp8_block", "mxfp8",
                "nvfp4")
-    steps.append(("tiny", lambda: time_training_step(recipes, "cuda", TinyLMConfig(), 8, 20)))
-    big = TinyLMConfig(d_model=2048, n_layers=2, n_heads=16, d_ff=8192, context=512)
-    steps.append(("big", lambda: time_training_step(recipes[:6], "cuda", big, 8, 10)))
+    if "--stack-only" not in sys.argv:
+        steps.append(("tiny", lambda: time_training_step(recipes, "cuda", TinyLMConfig(), 8,
+                                                         20)))
+        big = TinyLMConfig(d_model=2048, n_layers=2, n_heads=16, d_ff=8192, context=512)
+        steps.append(("big", lambda: time_training_step(recipes[:6], "cuda", big, 8, 10)))
+    steps.append(("stack d=4096", lambda: time_layer_stack(STACK_RECIPES, "cuda")))
     for what, fn in steps:
         try:
             tables.append(fn())

@@ -32,6 +32,7 @@ __all__ = [
     "fp8_dequantize",
     "fp8_linear",
     "fp8_quantize",
+    "fp8_quantize_transpose",
     "fp8_scaled_mm",
     "fp8_weight_matmul",
     "int4_matmul",
@@ -89,13 +90,14 @@ def _kernel_ok(r) -> bool:
     return True
 
 
-def _run_quantize(x, r, path):
+def _run_quantize(x, r, path, amax=None):
     _check_input(x)
+    amax = _check_amax(amax, x, r)
     if not (use_triton(x, path) and _kernel_ok(r)) or x.numel() == 0:
         if path == "triton" and not _kernel_ok(r):
             raise ValueError(f"recipe {r.name!r} has no Triton kernel (channel axis, "
                              f"calibrator or block {r.block}): use path='auto'")
-        return reference.quantize_ref(x, r)
+        return reference.quantize_ref(x, r, amax=amax)
     from quantlib.kernels import _quantize as kq
     from quantlib.scaling import pad_to_blocks
     shape = x.shape
@@ -103,7 +105,7 @@ def _run_quantize(x, r, path):
     x2 = x.reshape(-1, K)
     pad_to_blocks(torch.empty((x2.shape[0], K), device="meta"), r)  # same ValueError as quantize
     with quiet():
-        q, s, ts = kq.quantize(x2, r)
+        q, s, ts = kq.quantize(x2, r, amax=amax)
     q = q.reshape(*shape[:-1], q.shape[-1])
     if r.format.bits == 6:        # the kernel writes one 6-bit code per byte; store them packed
         q = pack_codes(q, 6)
@@ -163,11 +165,16 @@ def _run_dequantize(qt, dtype, path, what):
 _FP8_ELEMENTS = ("e4m3", "e5m2")
 
 
-def fp8_quantize(x: torch.Tensor, recipe="fp8_e4m3_1x128", path: str = "auto") -> QuantizedTensor:
+def fp8_quantize(x: torch.Tensor, recipe="fp8_e4m3_1x128", path: str = "auto",
+                 amax=None) -> QuantizedTensor:
     """FP8 (E4M3/E5M2) codes + FP32 (or power-of-two) scales: per tensor, per row, 1xG groups
-    or 2-D blocks; saturating RNE. Same result as quantlib.quantize(x, recipe)."""
+    or 2-D blocks; saturating RNE. Same result as quantlib.quantize(x, recipe).
+    Per-tensor recipes: `amax` (a one-element tensor on x's device) is used as the tensor's
+    amax instead of reducing x first (one pass instead of two; the previous step's amax or one
+    computed in the producer): values beyond it saturate, a negative or NaN amax gives a NaN
+    scale and zero codes. The twin is `reference.quantize_ref(x, recipe, amax=amax)`."""
     r = _check_recipe(recipe, _FP8_ELEMENTS, ("fp32", "pow2"), "fp8_quantize")
-    return _run_quantize(x, r, path)
+    return _run_quantize(x, r, path, amax)
 
 
 def fp8_dequantize(qt: QuantizedTensor, dtype=torch.float32, path: str = "auto") -> torch.Tensor:
@@ -267,10 +274,13 @@ def fp8_linear(x: torch.Tensor, w, bias: torch.Tensor | None = None,
 
 
 # ---- NVFP4 and MX --------------------------------------------------------------------------
-def nvfp4_quantize(x: torch.Tensor, recipe="nvfp4", path: str = "auto") -> QuantizedTensor:
-    """NVFP4: E2M1 codes packed two per byte, one E4M3 scale per 16, an FP32 tensor scale."""
+def nvfp4_quantize(x: torch.Tensor, recipe="nvfp4", path: str = "auto",
+                   amax=None) -> QuantizedTensor:
+    """NVFP4: E2M1 codes packed two per byte, one E4M3 scale per 16, an FP32 tensor scale.
+    `amax` (a one-element tensor): the tensor amax the tensor scale is made from, given instead
+    of reduced from x (one pass instead of two); the block amaxes still come from x."""
     r = _check_recipe(recipe, ("e2m1",), ("e4m3",), "nvfp4_quantize")
-    return _run_quantize(x, r, path)
+    return _run_quantize(x, r, path, amax)
 
 
 def nvfp4_dequantize(qt: QuantizedTensor, dtype=torch.float32, path: str = "auto"):
@@ -501,3 +511,64 @@ def weight_matmul(x: torch.Tensor, w, bias: torch.Tensor | None = None,
         return int4_matmul(x, w, bias, out_dtype, path)
     int8 = lambda r: (decode_kind(r) or ("",))[0].startswith("int8")
     return _weight_mm(x, w, bias, out_dtype, path, {"int8": int8}, "weight_matmul")
+
+
+# ---- given amax; quantize + transpose in one read (training's two copies of an operand) -------
+def _check_amax(amax, x, r):
+    """A caller's tensor amax: None, or a one-element float tensor on x's device, for recipes
+    whose scale comes from the whole tensor's amax (per-tensor FP8, NVFP4's tensor scale)."""
+    if amax is None:
+        return None
+    if r.granularity != "tensor" and r.scale_format != "e4m3":
+        raise ValueError(f"amax= is for recipes scaled by the tensor's amax (per-tensor FP8, "
+                         f"NVFP4); {r.name!r} has {r.granularity} scales, computed from each "
+                         f"block in the same pass: drop amax=")
+    if not isinstance(amax, torch.Tensor):
+        raise TypeError(f"amax must be a one-element torch.Tensor, got {type(amax).__name__}: "
+                        f"use torch.tensor(value, device=x.device)")
+    if amax.numel() != 1 or not amax.is_floating_point():
+        raise ValueError(f"amax must be a one-element float tensor, got shape "
+                         f"{tuple(amax.shape)} dtype {amax.dtype}")
+    if amax.device != x.device:
+        raise ValueError(f"amax is on {amax.device}, x on {x.device}: move amax to x's device")
+    return amax.detach().float().reshape(())
+
+
+def fp8_quantize_transpose(x: torch.Tensor, recipe="fp8_e4m3_1x128", path: str = "auto",
+                           amax=None, return_amax: bool = False):
+    """(fp8_quantize(x, recipe), fp8_quantize(x.T.contiguous(), recipe)) from one read of the
+    2-D x: the row-wise and column-wise FP8 copies training needs (fprop reads x, wgrad x^T;
+    fprop W, dgrad W^T). One kernel for per-tensor, 1xG (G <= 128) and square GxG block
+    recipes; other recipes (row-wise: the column copy needs each column's amax first) run two
+    quantize calls. `amax` as in fp8_quantize (per-tensor recipes). `return_amax=True` adds a
+    third result, x's own amax (fp32 scalar, NaN if x has one), reduced in the same read by the
+    one-read kernel: delayed scaling scales with the history's amax and records this one."""
+    r = _check_recipe(recipe, _FP8_ELEMENTS, ("fp32", "pow2"), "fp8_quantize_transpose")
+    _check_input(x)
+    if x.dim() != 2:
+        raise ValueError(f"fp8_quantize_transpose takes a 2-D (rows, K) tensor, got shape "
+                         f"{tuple(x.shape)}: pass x.reshape(-1, x.shape[-1])")
+    amax = _check_amax(amax, x, r)
+    from quantlib.kernels import _quantize_t as kt
+    if not (use_triton(x, path) and kt.fused_ok(r)) or x.numel() == 0:
+        if use_triton(x, path) and _kernel_ok(r) and x.numel():
+            out = (_run_quantize(x, r, path, amax),
+                   _run_quantize(x.t().contiguous(), r, path, amax))
+        else:
+            out = reference.quantize_transpose_ref(x, r, amax=amax)
+        if return_amax:
+            xa = x.detach().abs()
+            out = (*out, (xa.amax() if x.numel() else xa.new_zeros(())).float())
+        return out
+    from quantlib.scaling import pad_to_blocks
+    R, K = x.shape
+    pad_to_blocks(torch.empty((R, K), device="meta"), r)   # same ValueError as quantize
+    pad_to_blocks(torch.empty((K, R), device="meta"), r)
+    amax_out = torch.zeros(1, dtype=torch.int32, device=x.device) if return_amax else None
+    with quiet():
+        (q, s), (qt, st) = kt.quantize_transpose(x, r, amax=amax, amax_out=amax_out)
+    out = (QuantizedTensor(codes=q, scales=s.reshape(scale_shape(r, (R, K))), recipe=r,
+                           shape=(R, K), dtype=x.dtype),
+           QuantizedTensor(codes=qt, scales=st.reshape(scale_shape(r, (K, R))), recipe=r,
+                           shape=(K, R), dtype=x.dtype))
+    return (*out, amax_out.view(torch.float32).reshape(())) if return_amax else out

@@ -48,15 +48,22 @@ def encode_e2m1_cmp(y):
 @triton.jit
 def encode_elem(y, EB: tl.constexpr, MB: tl.constexpr, BIAS: tl.constexpr, MAXC: tl.constexpr,
                 HW: tl.constexpr):
-    """fp32 -> element code, RNE, saturating (Inf too); NaN never reaches here (bad groups).
-    HW (sm_89+): FP8 through the hardware's cvt.rn.satfinite, the same bits as the integer path
-    (gpu_check.py verifies both); the interpreter and sm_80 use the integer path."""
+    """fp32 -> element code, RNE, saturating (Inf too). NaN reaches here only under a given
+    tensor amax (else its group is bad): it encodes as the reference's saturating encode does,
+    E4M3 0x7F, E5M2 0x7E (sign kept). HW (sm_89+): FP8 through the hardware's
+    cvt.rn.satfinite, the same bits as the integer path (gpu_check.py verifies both); the
+    interpreter and sm_80 use the integer path."""
     if HW and EB == 4 and MB == 3:
         c = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
     elif HW and EB == 5:
         c = y.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
+        c = tl.where(y != y, (c & 0x80) | 0x7E, c)  # noqa: PLR0124 (cvt gives NaN as 0x7F)
     elif EB == 2 and MB == 1:
         c = encode_e2m1_cmp(y)
+    elif EB == 4 and MB == 3:
+        c = encode_minifloat(y, 4, 3, 7, MAXC, MAXC, 0x7F, MAXC)
+    elif EB == 5:
+        c = encode_minifloat(y, 5, 2, 15, MAXC, MAXC, 0x7E, MAXC)
     else:
         c = encode_minifloat(y, EB, MB, BIAS, MAXC, MAXC, MAXC, MAXC)
     return c
@@ -247,23 +254,37 @@ def dequantize_kernel(q_ptr, s_ptr, ts_ptr, y_ptr, R, K, KQ, stride_sr, stride_s
                       SR: tl.constexpr, SC: tl.constexpr, EB: tl.constexpr, MB: tl.constexpr,
                       BIAS: tl.constexpr, SCALE: tl.constexpr, PACK: tl.constexpr,
                       OUT_BF16: tl.constexpr, HW: tl.constexpr, BR: tl.constexpr,
-                      BC: tl.constexpr):
+                      BC: tl.constexpr, GROUPED: tl.constexpr):
     """y[i, j] = decode(q[i, j]) * s[i // SR, j // SC] for the (R, K) output (codes rows are KQ
     elements long, so padding is cropped); E8M0 scales decode to 2^(b-127), E4M3 block scales to
     fl(decode(code) * s_t). Output fp32 or RNE bf16. HW (sm_89+): FP8 codes widen through the
     hardware's cvt and the bf16 output rounds in hardware (both exact or RNE, as the integer
-    path; the interpreter's casts are not)."""
+    path; the interpreter's casts are not).
+    Wide and once: packed codes are read as BC/2 whole bytes a row and split into nibbles with
+    integer ops (tl.interleave puts element 2i, the low nibble, first); scales are read once
+    per group, (BR, BC/SC) when a tile holds whole groups (GROUPED: SC divides BC), else
+    (BR, 1): a group spans the tile (per row: SC = K; per tensor: stride 0; blocks that BC
+    divides), and broadcast in registers."""
+    pid_c = tl.program_id(1)
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    cols = tl.program_id(1) * BC + tl.arange(0, BC)
-    mask = (rows < R)[:, None] & (cols < K)[None, :]
+    cols = pid_c * BC + tl.arange(0, BC)
+    rmask = rows < R
+    mask = rmask[:, None] & (cols < K)[None, :]
     r64 = rows.to(tl.int64)[:, None]
     if PACK:
-        byte = tl.load(q_ptr + r64 * (KQ // 2) + (cols // 2)[None, :], mask=mask, other=0)
-        q = (byte.to(tl.int32) >> ((cols % 2) * 4)[None, :]) & 0xF
+        pc = pid_c * (BC // 2) + tl.arange(0, BC // 2)
+        byte = tl.load(q_ptr + r64 * (KQ // 2) + pc[None, :],
+                       mask=rmask[:, None] & (pc < KQ // 2)[None, :], other=0).to(tl.int32)
+        q = tl.interleave(byte & 0xF, (byte >> 4) & 0xF)
     else:
         q = tl.load(q_ptr + r64 * KQ + cols[None, :], mask=mask, other=0)
-    s = tl.load(s_ptr + (rows // SR)[:, None] * stride_sr + (cols // SC)[None, :] * stride_sc,
-                mask=mask, other=0)
+    srow = s_ptr + (rows // SR)[:, None] * stride_sr
+    if GROUPED:
+        g = pid_c * (BC // SC) + tl.arange(0, BC // SC)
+        s = tl.load(srow + g[None, :] * stride_sc, mask=rmask[:, None] & (g * SC < K)[None, :],
+                    other=0)                                         # (BR, BC / SC)
+    else:
+        s = tl.load(srow + ((pid_c * BC) // SC) * stride_sc, mask=rmask[:, None], other=0)
     if SCALE == 2:
         s = decode_e8m0(s)
     elif SCALE == 3:
@@ -274,7 +295,10 @@ def dequantize_kernel(q_ptr, s_ptr, ts_ptr, y_ptr, R, K, KQ, stride_sr, stride_s
         v = q.to(tl.uint8).to(tl.float8e5, bitcast=True).to(tl.float32)
     else:
         v = decode_elem(q, EB, MB, BIAS)
-    y = v * s
+    if GROUPED:
+        y = tl.reshape(tl.reshape(v, (BR, BC // SC, SC)) * s[:, :, None], (BR, BC))
+    else:
+        y = v * s
     off = r64 * K + cols[None, :]
     if OUT_BF16 and HW:
         tl.store(y_ptr + off, y.to(tl.bfloat16).to(tl.int16, bitcast=True), mask=mask)
@@ -297,9 +321,20 @@ def _meta(recipe):
 HW_CVT = True     # use the hardware FP8 conversion on sm_89+ (False: integer path everywhere)
 
 
-def quantize(x, recipe, hw=None):
+def amax_bits(amax):
+    """A caller's amax (fp32 scalar tensor) as the int32 bit pattern the kernels reduce to: a
+    negative amax becomes NaN (a bad group: NaN scale, codes 0), -0.0 becomes +0.0."""
+    import torch
+    a = amax.detach().reshape(1).to(torch.float32)
+    return torch.where(a >= 0, a + 0.0, float("nan")).view(torch.int32)
+
+
+def quantize(x, recipe, hw=None, amax=None):
     """x (R, K) contiguous fp32/bf16/fp16 on a CUDA device (or the CPU under TRITON_INTERPRET)
-    -> (codes, scales, tensor_scale) laid out as `quantlib.quantize` stores them (2-D view)."""
+    -> (codes, scales, tensor_scale) laid out as `quantlib.quantize` stores them (2-D view).
+    `amax` (fp32 scalar tensor, per-tensor FP8 and NVFP4 only): the tensor amax to scale with,
+    taken as given (the previous step's, or one fused into the producer): one pass over x
+    instead of two; values beyond it saturate."""
     import torch
     R, K = x.shape
     dev, interp = x.device, x.device.type == "cpu"
@@ -315,12 +350,14 @@ def quantize(x, recipe, hw=None):
     ts = None
     if g == "tensor":
         q = torch.empty((R, K), dtype=torch.uint8, device=dev)
-        amax = torch.zeros(1, dtype=torch.int32, device=dev)
+        given = amax is not None
+        amax = amax_bits(amax) if given else torch.zeros(1, dtype=torch.int32, device=dev)
         s = torch.empty((), dtype=torch.float32, device=dev)
         BLOCK = 4096
         grid = (triton.cdiv(x.numel(), BLOCK),)
         if x.numel():
-            launch_amax(x, amax, bf16)
+            if not given:
+                launch_amax(x, amax, bf16)
             quantize_tensor_kernel[grid](x, q, s, amax, x.numel(), BLOCK=BLOCK,
                                          BF16=bf16, INTERPRET=interp, **meta)
         else:
@@ -354,9 +391,10 @@ def quantize(x, recipe, hw=None):
     q = torch.empty((R, KP // 2 if pack else KP), dtype=torch.uint8, device=dev)
     tsb = s
     if sf == "e4m3":
-        amax = torch.zeros(1, dtype=torch.int32, device=dev)
+        given = amax is not None
+        amax = amax_bits(amax) if given else torch.zeros(1, dtype=torch.int32, device=dev)
         ts = torch.empty((), dtype=torch.float32, device=dev)
-        if x.numel():
+        if x.numel() and not given:
             launch_amax(x, amax, bf16)
         tensor_scale_kernel[(1,)](amax, ts, QMAX=meta["QMAX"], INTERPRET=interp)
         tsb = ts
@@ -383,17 +421,17 @@ def dequantize(q, s, ts, recipe, R, K, out_dtype, hw=None):
     kq = q.shape[1] * (2 if pack else 1)
     y = torch.empty((R, K), dtype=out_dtype, device=q.device)
     if g == "tensor":
-        sr, sc, st0, st1 = 1, 1, 0, 0
+        sr, sc, st0, st1 = 1, 1 << 30, 0, 0
     else:
         sr, sc = {"row": (1, max(K, 1)), "group": (1, recipe.block)}.get(g, recipe.block)
         st0, st1 = s.stride(0), s.stride(1)
     bf16 = out_dtype == torch.bfloat16
-    BR, BC = 16, 256
+    BR, BC = 32, 256
     if R and K:
         grid = (triton.cdiv(R, BR), triton.cdiv(K, BC))
         dequantize_kernel[grid](q, s, ts if ts is not None else s,
                                 y.view(torch.int16) if bf16 else y, R, K, kq, st0, st1,
                                 SR=sr, SC=sc, EB=meta["EB"], MB=meta["MB"], BIAS=meta["BIAS"],
                                 SCALE=meta["SCALE"], PACK=pack, OUT_BF16=bf16, HW=hw,
-                                BR=BR, BC=BC)
+                                BR=BR, BC=BC, GROUPED=BC % sc == 0)
     return y

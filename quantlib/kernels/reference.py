@@ -11,9 +11,9 @@ import torch
 from quantlib.qtensor import QuantizedTensor, quantize
 
 
-def quantize_ref(x: torch.Tensor, recipe) -> QuantizedTensor:
-    """Twin of fp8_quantize / nvfp4_quantize / mx_quantize."""
-    return quantize(x, recipe)
+def quantize_ref(x: torch.Tensor, recipe, amax=None) -> QuantizedTensor:
+    """Twin of fp8_quantize / nvfp4_quantize / mx_quantize (`amax`: see given_amax_recipe)."""
+    return quantize(x, recipe if amax is None else given_amax_recipe(recipe, amax))
 
 
 def dequantize_ref(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -120,3 +120,37 @@ def combine_splits(m: torch.Tensor, l: torch.Tensor, acc: torch.Tensor) -> torch
     mx = m.amax(-1, keepdim=True)
     w = torch.where(m == float("-inf"), 0.0, torch.exp2(m - mx))
     return (w[..., None] * acc).sum(-2) / (w * l).sum(-1)[..., None]
+
+
+class _GivenTensorAmax:
+    """NVFP4 calibrator for a given tensor amax: compute_scale asks first for the block amaxes
+    (max |x|, as without a calibrator), then for the tensor amax (this answer)."""
+
+    def __init__(self, amax):
+        self.amax, self.calls = amax, 0
+
+    def __call__(self, rows, dim=-1):
+        from quantlib.scaling import max_calibrator
+        self.calls += 1
+        if self.calls == 1:
+            return max_calibrator(rows, dim)
+        return self.amax.reshape(1).to(rows.device)
+
+
+def given_amax_recipe(recipe, amax):
+    """`recipe` with its tensor amax fixed to `amax` (a negative one taken as NaN: a bad
+    tensor, NaN scale, zero codes), as the kernels' amax= option does."""
+    import dataclasses
+
+    from quantlib.nn.calibrate import FixedAmax
+    from quantlib.recipes import get_recipe
+    r = get_recipe(recipe)
+    a = torch.as_tensor(amax, dtype=torch.float32).detach().reshape(())
+    a = torch.where(a >= 0, a + 0.0, float("nan")).cpu()
+    cal = _GivenTensorAmax(a) if r.scale_format == "e4m3" else FixedAmax(a)
+    return dataclasses.replace(r, calibrator=cal)
+
+
+def quantize_transpose_ref(x: torch.Tensor, recipe, amax=None):
+    """Twin of fp8_quantize_transpose: x and x^T quantized separately."""
+    return quantize_ref(x, recipe, amax), quantize_ref(x.t().contiguous(), recipe, amax)

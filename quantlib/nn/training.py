@@ -12,6 +12,12 @@ master weight, its gradient, the bias and the optimizer stay FP32; products accu
 On a GPU with FP8 tensor cores (sm_89+) the per-tensor, row-wise and block recipes call the FP8
 GEMM kernel `quantlib.kernels.fp8_scaled_mm`; elsewhere this is the emulation: quantize,
 dequantize, FP32 matmul (the same numbers, up to the order of the FP32 accumulation).
+
+On the kernel path each operand is cast once into both of its FP8 copies (row-wise for one GEMM,
+column-wise for the other: `quantlib.kernels.fp8_quantize_transpose`, one read), and the
+weight's pair is kept across micro-steps while the weight is unchanged (keyed on its version
+counter: any in-place update through autograd-visible ops, optimizer steps included, bumps it;
+writes through `weight.data` do not, call `layer.drop_weight_cache()` after those).
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ class FP8Linear(nn.Linear):
     """nn.Linear trained with low-precision GEMMs (`recipe`: a TrainingRecipe or its name).
 
     Same parameters and state_dict keys as nn.Linear. Delayed-scaling amax histories and the
-    Hadamard matrix are non-persistent buffers. `record_stats = True` fills `stats` with one
+    Hadamard matrix are non-persistent buffers. On the FP8 kernel path the layer keeps its
+    weight's two FP8 copies between steps (2 bytes per weight element; `drop_weight_cache()`). `record_stats = True` fills `stats` with one
     `cast_stats` dict per cast (flushed values, QSNR energies, clipped values); it also forces
     the emulation. `use_kernel = False` forces it too.
     """
@@ -49,7 +56,8 @@ class FP8Linear(nn.Linear):
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self.record_stats, self.stats = False, []
-        self.use_kernel = True      # False: emulate even where the FP8 GEMM kernel could run
+        self.use_kernel = True      # False: emulate even where the FP8 GEMM kernel could run;
+        self._wcache = None         # "force": the kernels on the Triton interpreter too (tests)
         self._init_buffers(device)
 
     def _init_buffers(self, device) -> None:
@@ -128,9 +136,66 @@ class FP8Linear(nn.Linear):
 
     def _fp8_kernel_ok(self, t: torch.Tensor) -> bool:
         r = self.recipe
-        return (t.is_cuda and self.use_kernel and not self.record_stats and r.kind == "fp8"
-                and r.granularity in ("tensor", "row", "block")
-                and kernel_path(t.device) in ("native-fp8", "native-fp4"))
+        if not (self.use_kernel and not self.record_stats and r.kind == "fp8"
+                and r.granularity in ("tensor", "row", "block")):
+            return False
+        if self.use_kernel == "force":
+            return kernel_path(t.device) != "reference"
+        return t.is_cuda and kernel_path(t.device) in ("native-fp8", "native-fp4")
+
+    def operand_pair(self, t: torch.Tensor, role: str, scale=None):
+        """(`t`, `t`^T) as FP8 QuantizedTensors for the GEMM kernel, both laid out (rows,
+        contraction), from one read of `t` (per-tensor, 1x128 and 128x128 recipes; row-wise:
+        two casts). A per-tensor scale fixed outside (delayed) gives the same codes twice."""
+        from quantlib.kernels import fp8_quantize_transpose
+        t = t.detach()
+        if scale is not None:
+            q = self.quantize_operand(t, role, scale)
+            return q, QuantizedTensor(q.codes.t().contiguous(), q.scales, q.recipe,
+                                      (t.shape[1], t.shape[0]), q.dtype)
+        if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            t = t.float()
+        return fp8_quantize_transpose(t.contiguous(), self.recipe.operand_recipe(role))
+
+    def fused_delayed(self) -> bool:
+        """Delayed scaling on the kernel path casts with delayed_pair (one read per operand)."""
+        r = self.recipe
+        return r.kind == "fp8" and r.scaling == "delayed" and not r.hadamard_wgrad
+
+    def delayed_pair(self, t: torch.Tensor, role: str):
+        """operand_pair under delayed scaling in one read: the cast takes the history's amax
+        (times 2^margin; scale = fl(amax / qmax), 1 for an empty or NaN history, as
+        AmaxHistory.scale) and reduces this tensor's amax in the same pass, which then goes
+        into the history (in training mode), as tensor_scale does with a pass of its own."""
+        from quantlib.kernels import fp8_quantize_transpose
+        r = self.recipe
+        h = getattr(self, f"amax_history_{role}")
+        a = h.max() if r.amax_compute_algo == "max" else h[0]
+        a = torch.where(a > 0, a.float() * 2.0 ** r.margin, 0.0)
+        t = t.detach()
+        if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            t = t.float()
+        q, qt, amax = fp8_quantize_transpose(t.contiguous(), f"fp8_{r.element(role)}_tensor",
+                                             amax=a.to(t.device), return_amax=True)
+        if self.training:
+            AmaxHistory(get_format(r.element(role)).max, algo=r.amax_compute_algo,
+                        margin=r.margin, history=h).update(amax)
+        return q, qt
+
+    def weight_pair(self, weight: torch.Tensor, scale=None):
+        """operand_pair of the weight, cached while the weight is unchanged (same storage, same
+        version counter, same device): gradient-accumulation micro-steps cast it once. Not with
+        a scale fixed outside (delayed scaling: the scale moves every step)."""
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, weight.shape)
+        if scale is None and self._wcache is not None and self._wcache[0] == key:
+            return self._wcache[1]
+        pair = self.operand_pair(weight, "w", scale)
+        self._wcache = (key, pair) if scale is None else None
+        return pair
+
+    def drop_weight_cache(self) -> None:
+        """Forget the cached FP8 copies of the weight (after writing it through .data)."""
+        self._wcache = None
 
     def quantize_operand(self, t: torch.Tensor, role: str, scale=None) -> QuantizedTensor:
         """`t` (rows, contraction) as an FP8 QuantizedTensor for the GEMM kernel."""
@@ -209,12 +274,20 @@ def summarize_stats(stats: list[dict]) -> dict:
             "clipped": sum(s["clipped"] or 0 for s in stats)}
 
 
-def _matmul(qa, qb) -> torch.Tensor:
-    """a @ b.T in FP32: the FP8 kernel for QuantizedTensors, else the emulation's FP32 matmul."""
+def _matmul(qa, qb, bias=None, out_dtype=torch.float32) -> torch.Tensor:
+    """a @ b.T (+ bias) summed in FP32, rounded once to `out_dtype`: the FP8 kernel for
+    QuantizedTensors (bias and the BF16 rounding in its epilogue: no extra pass over the
+    output), else the emulation's FP32 matmul."""
     if isinstance(qa, QuantizedTensor):
         from quantlib.kernels import fp8_scaled_mm
-        return fp8_scaled_mm(qa, qb, out_dtype=torch.float32)
-    return qa @ qb.t()
+        kdt = out_dtype if out_dtype in (torch.float32, torch.bfloat16) else torch.float32
+        y = fp8_scaled_mm(qa, qb, bias=None if bias is None else bias.detach().float(),
+                          out_dtype=kdt)
+        return y.to(out_dtype)
+    y = qa @ qb.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
 
 
 class _LowPrecisionLinear(torch.autograd.Function):
@@ -223,15 +296,31 @@ class _LowPrecisionLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, layer: FP8Linear):
         x2 = x.reshape(-1, x.shape[-1])
-        sx, sw = layer.tensor_scale(x2, "x"), layer.tensor_scale(weight, "w")
-        qx, qw = layer.operand(x2, "x", "fprop", sx), layer.operand(weight, "w", "fprop", sw)
-        y = _matmul(qx, qw)
-        if bias is not None:
-            y = y + bias.float()
+        pairs = layer._fp8_kernel_ok(x2)
+        delayed = pairs and layer.fused_delayed()
+        sx = sw = None
+        if not delayed:
+            sx, sw = layer.tensor_scale(x2, "x"), layer.tensor_scale(weight, "w")
+        if delayed:               # the history's scale, this amax recorded, in one read
+            qx, qxt = layer.delayed_pair(x2, "x")
+            qw, qwt = layer.delayed_pair(weight, "w")
+        elif pairs:               # both FP8 copies of x and W, each from one read
+            qw, qwt = layer.weight_pair(weight, sw)
+            if x2.shape[0] % layer.recipe.block == 0:
+                qx, qxt = layer.operand_pair(x2, "x", sx)
+            else:                 # tokens that fill no whole block: fprop only (wgrad refuses)
+                qx, qxt = layer.operand(x2, "x", "fprop", sx), None
+        else:
+            qx, qw = layer.operand(x2, "x", "fprop", sx), layer.operand(weight, "w", "fprop", sw)
+        y = _matmul(qx, qw, bias, x.dtype)
         ctx.save_for_backward(x2, weight)
         ctx.layer, ctx.scales, ctx.x_shape, ctx.has_bias = layer, (sx, sw), x.shape, bias is not None
-        ctx.qxt = None if layer.recipe.hadamard_wgrad else layer.transposed(qx, "x")
-        ctx.qwt = layer.transposed(qw, "w")
+        if pairs:
+            ctx.qxt, ctx.qwt = (None if layer.recipe.hadamard_wgrad else qxt), qwt
+        else:
+            ctx.qxt = None if layer.recipe.hadamard_wgrad else layer.transposed(qx, "x")
+            ctx.qwt = layer.transposed(qw, "w")
+        ctx.pairs, ctx.delayed = pairs, delayed
         return y.reshape(*x.shape[:-1], -1).to(x.dtype)
 
     @staticmethod
@@ -239,23 +328,30 @@ class _LowPrecisionLinear(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         layer, (sx, sw), r = ctx.layer, ctx.scales, ctx.layer.recipe
         dy2 = dy.reshape(-1, dy.shape[-1])
-        sg = layer.tensor_scale(dy2, "dy")
         dx = dw = db = None
-        qg = None
+        qg = qgt = sg = None
+        if ctx.delayed:
+            qg, qgt = layer.delayed_pair(dy2, "dy")
+        else:
+            sg = layer.tensor_scale(dy2, "dy")
+        if (not ctx.delayed and ctx.pairs and not r.hadamard_wgrad and all(ctx.needs_input_grad[:2])
+                and dy2.shape[0] % r.block == 0):
+            qg, qgt = layer.operand_pair(dy2, "dy", sg)   # dgrad's dy and wgrad's dy^T
         if ctx.needs_input_grad[0]:
-            qg = layer.operand(dy2, "dy", "dgrad", sg)
+            qg = qg if qg is not None else layer.operand(dy2, "dy", "dgrad", sg)
             qwt = ctx.qwt if ctx.qwt is not None else layer.operand(weight.t(), "w", "dgrad", sw)
-            dx = _matmul(qg, qwt).reshape(ctx.x_shape).to(dy.dtype)
+            dx = _matmul(qg, qwt, None, dy.dtype).reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             check_tokens(r, x2.shape[0])
             a, b = dy2.t(), x2.t()
             if r.hadamard_wgrad:        # (dy^T H)(x^T H)^T = dy^T x: only the rounding changes
                 a, b = hadamard_transform(a.float(), layer.hadamard), \
                     hadamard_transform(b.float(), layer.hadamard)
-            qgt = None if qg is None or r.hadamard_wgrad else layer.transposed(qg, "dy")
+            if qgt is None:
+                qgt = None if qg is None or r.hadamard_wgrad else layer.transposed(qg, "dy")
             qa = qgt if qgt is not None else layer.operand(a, "dy", "wgrad", sg)
             qb = ctx.qxt if ctx.qxt is not None else layer.operand(b, "x", "wgrad", sx)
-            dw = _matmul(qa, qb).to(weight.dtype)
+            dw = _matmul(qa, qb, None, weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy2.float().sum(0)
         ctx.qxt = ctx.qwt = None
