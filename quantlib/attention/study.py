@@ -222,17 +222,22 @@ def minilm_kv_agreement(model, tokenizer, configs: dict, sentences=None) -> Tabl
 
 
 def plot_channel_amax(k: torch.Tensor, v: torch.Tensor, head: int = 0, title: str = ""):
-    """Bar chart of the per-channel amax of one head's keys and values (matplotlib Figure)."""
+    """Bar chart of the per-channel amax of one head's keys and values (matplotlib Figure), in
+    the book's figure style."""
     import matplotlib.pyplot as plt
+
+    from quantlib.viz import BOOK_STYLE     # matplotlib only when a figure is drawn
     ck, cv = channel_amax(k)[head], channel_amax(v)[head]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=False)
-    for ax, c, name in ((axes[0], ck, "keys"), (axes[1], cv, "values")):
-        ax.bar(range(len(c)), c.tolist(), color="tab:blue" if name == "keys" else "tab:orange")
-        ax.set_title(f"{name}: amax per channel")
-        ax.set_xlabel("head_dim channel")
-    axes[0].set_ylabel("max |x| over tokens")
-    fig.suptitle(title)
-    fig.tight_layout()
+    with plt.rc_context(BOOK_STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(6.0, 3.2))
+        for ax, c, name in ((axes[0], ck, "keys"), (axes[1], cv, "values")):
+            ax.bar(range(len(c)), c.tolist(), color="tab:blue" if name == "keys" else "tab:orange")
+            ax.set_title(name)
+            ax.set_xlabel("head_dim channel")
+        axes[0].set_ylabel("max |x| over tokens")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
     return fig
 
 
