@@ -113,3 +113,12 @@ def test_channel_amax_figure_shows_each_channel():
     for ax, x in zip(fig.axes, (k, v)):
         assert [p.get_height() for p in ax.patches] == channel_amax(x)[1].tolist()
     assert fig.get_size_inches()[0] <= 6.0     # the book's column width
+
+
+def test_kernel_check_table_on_the_interpreter():
+    pytest.importorskip("triton")
+    from quantlib.attention.study import kernel_check_table
+    t = kernel_check_table(recipes=("fp8_token", "nvfp4"), shape=(1, 4, 2, 40, 32), num_splits=2,
+                           device="cpu")
+    assert t.column("kernel == twin") == ["yes", "yes"]
+    assert t.column("max |kernel - float64| < 1e-6") == ["yes", "yes"]

@@ -287,10 +287,11 @@ def kernel_check_table(recipes=("fp8_tensor", "fp8_head", "fp8_token", "nvfp4"),
                        device: str | None = None) -> Table:
     """decode_attention's Triton kernel against its plain-torch twin (bit for bit on the
     interpreter) and both against float64 attention over the dequantized cache. device: the
-    GPU when there is one (a CPU tensor needs TRITON_INTERPRET=1)."""
+    GPU when there is one, else the kernel runs on Triton's CPU interpreter."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     from quantlib.attention.kvcache import quantize_kv
     from quantlib.kernels import decode_attention
+    from quantlib.kernels.report import run_kernel
     g = torch.Generator().manual_seed(seed)
     B, Hq, Hkv, T, D = shape
     q = torch.randn(B, Hq, D, generator=g).to(device)
@@ -302,7 +303,12 @@ def kernel_check_table(recipes=("fp8_tensor", "fp8_head", "fp8_token", "nvfp4"),
                     f"{T} cached tokens, {num_splits} splits", digits=3)
     for name in recipes:
         kq, vq = quantize_kv(k, name), quantize_kv(v, name)
-        got = decode_attention(q, kq, vq, num_splits=num_splits, block_n=block_n, path="triton")
+        if device == "cpu":      # Triton's CPU interpreter, however quantlib.kernels was imported
+            got = run_kernel(decode_attention, q, kq, vq, where="interpreter",
+                             num_splits=num_splits, block_n=block_n, path="triton")
+        else:
+            got = decode_attention(q, kq, vq, num_splits=num_splits, block_n=block_n,
+                                   path="triton")
         twin = decode_attention(q, kq, vq, num_splits=num_splits, block_n=block_n,
                                 path="reference")
         kd = kq.dequantize().repeat_interleave(Hq // Hkv, 1)
