@@ -276,16 +276,6 @@ def test_harm_figure(report):
                                           sorted(rows(report, "nvfp4"), key=lambda r: r["depth"])]
 
 
-@pytest.mark.parametrize("config", ["nvfp4", "w8a8_int8", "nvfp4_w4a4", ("int4_g128", "awq")])
-def test_dequantized_once_is_the_reference_forward(config):
-    from quantlib.nn.sensitivity import _Dequantized
-    m, cal = planted_mlp()
-    cfg, smooth = config if isinstance(config, tuple) else (config, None)
-    q = quantize_model(m, cfg, calibration=cal, smooth=smooth)[2]
-    x = torch.relu(m[0](cal[0][:32])).detach()
-    assert torch.equal(_Dequantized(q)(x), q.reference_forward(x))
-
-
 def test_split_plan_table_keeps_every_value():
     from quantlib.nn.sensitivity_plots import split_plan_table
     t = Table(["model", "bytes", "predicted kl", "measured kl", "layers per config", "val loss",
@@ -298,3 +288,13 @@ def test_split_plan_table_keeps_every_value():
     assert a.digits == b.digits == 3 and a.title.startswith("T") and b.title.startswith("T")
     with pytest.raises(ValueError, match="first must be"):
         split_plan_table(t, first=7)
+
+
+@pytest.mark.parametrize("config", ["nvfp4", "w8a8_int8", "nvfp4_w4a4", ("int4_g128", "awq")])
+def test_dequantized_once_is_the_reference_forward(config):
+    from quantlib.nn.sensitivity import _Dequantized
+    m, cal = planted_mlp()
+    cfg, smooth = config if isinstance(config, tuple) else (config, None)
+    q = quantize_model(m, cfg, calibration=cal, smooth=smooth)[2]
+    x = torch.relu(m[0](cal[0][:32])).detach()
+    assert torch.equal(_Dequantized(q)(x), q.reference_forward(x))
