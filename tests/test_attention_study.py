@@ -102,3 +102,23 @@ def test_generate_table_ties_bytes():
     rows = {r[0]: r for r in generate_table(llama, ids, ["fp8_token", "nvfp4"], 3).rows}
     assert rows["fp8_token"][2] == rows["fp8_token"][3]
     assert rows["nvfp4"][2] == pytest.approx(rows["nvfp4"][3] + 16 / 16)   # 2 x 8 tokens
+
+
+def test_channel_amax_figure_shows_each_channel():
+    import matplotlib
+    matplotlib.use("Agg")
+    from quantlib.attention.study import channel_amax, plot_channel_amax
+    k, v = torch.randn(2, 3, 40, 8), torch.randn(2, 3, 40, 8)
+    fig = plot_channel_amax(k, v, head=1, title="t")
+    for ax, x in zip(fig.axes, (k, v)):
+        assert [p.get_height() for p in ax.patches] == channel_amax(x)[1].tolist()
+    assert fig.get_size_inches()[0] <= 6.0     # the book's column width
+
+
+def test_kernel_check_table_on_the_interpreter():
+    pytest.importorskip("triton")
+    from quantlib.attention.study import kernel_check_table
+    t = kernel_check_table(recipes=("fp8_token", "nvfp4"), shape=(1, 4, 2, 40, 32), num_splits=2,
+                           device="cpu")
+    assert t.column("kernel == twin") == ["yes", "yes"]
+    assert t.column("max |kernel - float64| < 1e-6") == ["yes", "yes"]

@@ -21,6 +21,7 @@ from quantlib.nn.sensitivity import (
 )
 from quantlib.qtensor import quantize
 from quantlib.recipes import get_recipe
+from quantlib.table import Table
 
 matplotlib.use("Agg")
 PLANTED = "2"
@@ -273,6 +274,20 @@ def test_harm_figure(report):
     assert [ln.get_label() for ln in lines] == ["bf16", "fp8", "nvfp4", "int4_g128"]
     assert list(lines[2].get_ydata()) == [r["error alone"] for r in
                                           sorted(rows(report, "nvfp4"), key=lambda r: r["depth"])]
+
+
+def test_split_plan_table_keeps_every_value():
+    from quantlib.nn.sensitivity_plots import split_plan_table
+    t = Table(["model", "bytes", "predicted kl", "measured kl", "layers per config", "val loss",
+               "top1"], [["all fp8", 100, 0.1, 0.2, "fp8 2", 2.5, 0.9],
+                         ["plan <= 1 MB", 90, 0.3, 0.4, "fp8 1, nvfp4 1", 2.6, 0.8]],
+              title="T", digits=3)
+    a, b = split_plan_table(t)
+    assert a.columns == t.columns[:5] and b.columns == ["model", "val loss", "top1"]
+    assert a.rows == [r[:5] for r in t.rows] and b.rows == [[r[0], *r[5:]] for r in t.rows]
+    assert a.digits == b.digits == 3 and a.title.startswith("T") and b.title.startswith("T")
+    with pytest.raises(ValueError, match="first must be"):
+        split_plan_table(t, first=7)
 
 
 @pytest.mark.parametrize("config", ["nvfp4", "w8a8_int8", "nvfp4_w4a4", ("int4_g128", "awq")])

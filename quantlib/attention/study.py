@@ -222,17 +222,22 @@ def minilm_kv_agreement(model, tokenizer, configs: dict, sentences=None) -> Tabl
 
 
 def plot_channel_amax(k: torch.Tensor, v: torch.Tensor, head: int = 0, title: str = ""):
-    """Bar chart of the per-channel amax of one head's keys and values (matplotlib Figure)."""
+    """Bar chart of the per-channel amax of one head's keys and values (matplotlib Figure), in
+    the book's figure style."""
     import matplotlib.pyplot as plt
+
+    from quantlib.viz import BOOK_STYLE     # matplotlib only when a figure is drawn
     ck, cv = channel_amax(k)[head], channel_amax(v)[head]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=False)
-    for ax, c, name in ((axes[0], ck, "keys"), (axes[1], cv, "values")):
-        ax.bar(range(len(c)), c.tolist(), color="tab:blue" if name == "keys" else "tab:orange")
-        ax.set_title(f"{name}: amax per channel")
-        ax.set_xlabel("head_dim channel")
-    axes[0].set_ylabel("max |x| over tokens")
-    fig.suptitle(title)
-    fig.tight_layout()
+    with plt.rc_context(BOOK_STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(6.0, 3.2))
+        for ax, c, name in ((axes[0], ck, "keys"), (axes[1], cv, "values")):
+            ax.bar(range(len(c)), c.tolist(), color="tab:blue" if name == "keys" else "tab:orange")
+            ax.set_title(name)
+            ax.set_xlabel("head_dim channel")
+        axes[0].set_ylabel("max |x| over tokens")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
     return fig
 
 
@@ -282,10 +287,11 @@ def kernel_check_table(recipes=("fp8_tensor", "fp8_head", "fp8_token", "nvfp4"),
                        device: str | None = None) -> Table:
     """decode_attention's Triton kernel against its plain-torch twin (bit for bit on the
     interpreter) and both against float64 attention over the dequantized cache. device: the
-    GPU when there is one (a CPU tensor needs TRITON_INTERPRET=1)."""
+    GPU when there is one, else the kernel runs on Triton's CPU interpreter."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     from quantlib.attention.kvcache import quantize_kv
     from quantlib.kernels import decode_attention
+    from quantlib.kernels.report import run_kernel
     g = torch.Generator().manual_seed(seed)
     B, Hq, Hkv, T, D = shape
     q = torch.randn(B, Hq, D, generator=g).to(device)
@@ -297,7 +303,12 @@ def kernel_check_table(recipes=("fp8_tensor", "fp8_head", "fp8_token", "nvfp4"),
                     f"{T} cached tokens, {num_splits} splits", digits=3)
     for name in recipes:
         kq, vq = quantize_kv(k, name), quantize_kv(v, name)
-        got = decode_attention(q, kq, vq, num_splits=num_splits, block_n=block_n, path="triton")
+        if device == "cpu":      # Triton's CPU interpreter, however quantlib.kernels was imported
+            got = run_kernel(decode_attention, q, kq, vq, where="interpreter",
+                             num_splits=num_splits, block_n=block_n, path="triton")
+        else:
+            got = decode_attention(q, kq, vq, num_splits=num_splits, block_n=block_n,
+                                   path="triton")
         twin = decode_attention(q, kq, vq, num_splits=num_splits, block_n=block_n,
                                 path="reference")
         kd = kq.dequantize().repeat_interleave(Hq // Hkv, 1)
