@@ -500,10 +500,10 @@ def apply_plan(model: nn.Module, plan: MixedPrecisionPlan, **options) -> nn.Modu
 
 def plan_table(report: SensitivityReport, budgets: Iterable[float] = (),
                uniform: Iterable[str] = (), evaluate: Callable | None = None,
-               title: str | None = None) -> Table:
+               title: str | None = None, fused: bool = True) -> Table:
     """Uniform configs against plans at each budget (bytes): bytes, predicted and measured error
     (the report's metric), the layers per variant, and `evaluate(model)`'s metrics ({name:
-    value}) when given."""
+    value}) when given. fused: as in `mixed_precision_plan`."""
     rows = []
     cell = {(r["layer"], r["config"]): r for r in report.to_dicts()}
     for label in uniform:
@@ -518,7 +518,8 @@ def plan_table(report: SensitivityReport, budgets: Iterable[float] = (),
                          for n in report.layers}
         rows.append((f"all {label}", plan))
     for b in budgets:
-        rows.append((f"plan <= {b / 1e6:.3g} MB", mixed_precision_plan(report, budget_bytes=b)))
+        rows.append((f"plan <= {b / 1e6:.3g} MB",
+                     mixed_precision_plan(report, budget_bytes=b, fused=fused)))
     table = None
     for name, plan in rows:
         extra = evaluate(apply_plan(report.model, plan, calibration=report.batches)) \
