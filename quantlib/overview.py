@@ -7,18 +7,18 @@ from __future__ import annotations
 STRATEGY_LOOPS = {
     "ptq": ("PTQ: post-training quantization", [
         ("forward", "BF16 GEMMs", False), ("backward", "BF16 GEMMs", False),
-        ("optimizer step", "FP32 master\nweights + Adam", False),
-        ("after training", "calibrate, then\nquantize once", True)]),
+        ("optimizer", "FP32 master\nweights,\nAdam", False),
+        ("after training", "calibrate,\nquantize\nonce", True)]),
     "qat": ("QAT: quantization-aware training", [
-        ("forward", "fake-quantize\nW and x", True),
-        ("backward", "BF16, straight-\nthrough\nestimator", False),
-        ("optimizer step", "FP32 master\nweights + Adam", False),
-        ("after training", "convert: store\nthe codes", True)]),
+        ("forward", "fake-\nquantize\nW and x", True),
+        ("backward", "BF16,\nstraight-\nthrough", False),
+        ("optimizer", "FP32 master\nweights,\nAdam", False),
+        ("after training", "convert:\nstore the\ncodes", True)]),
     "qt": ("QT: low-precision training", [
-        ("forward", "FP8 GEMMs:\nx, W quantized", True),
-        ("backward", "FP8 GEMMs:\ndy, x, W\nquantized", True),
-        ("optimizer step", "FP32 master\nweights + Adam", False),
-        ("after training", "BF16 or FP8\nweights", False)]),
+        ("forward", "FP8 GEMMs,\nx and W\nquantized", True),
+        ("backward", "FP8 GEMMs,\ndy, x, W\nquantized", True),
+        ("optimizer", "FP32 master\nweights,\nAdam", False),
+        ("after training", "BF16 or\nFP8\nweights", False)]),
 }
 _COMPONENT_COLORS = ("#4c72b0", "#8da0cb", "#dd8452", "#55a868", "#c44e52", "#8172b3",
                      "#937860", "#da8bc3")
@@ -46,23 +46,23 @@ def _strategies_figure(model, batch_size, seq_len, fmt):
 
     from quantlib.memory import TrainingMemory
     mems = strategy_memory(model, batch_size=batch_size, seq_len=seq_len, fmt=fmt)
-    fig = plt.figure(figsize=(6.4, 9.6))
+    fig = plt.figure(figsize=(5.2, 9.2))
     loops = fig.add_gridspec(3, 1, hspace=0.3, left=0.01, right=0.99, top=0.97, bottom=0.45)
     for row, (name, (title, stages)) in enumerate(STRATEGY_LOOPS.items()):
         ax = fig.add_subplot(loops[row, 0])
-        ax.set_xlim(0, 4.1)
+        ax.set_xlim(0, 4.2)
         ax.set_ylim(-0.5, 1)
         ax.axis("off")
-        ax.set_title(title, loc="left", fontsize=12, fontweight="bold")
+        ax.set_title(title, loc="left", fontsize=11.5, fontweight="bold")
         for i, (label, what, quantized) in enumerate(stages):
-            x0 = i + 0.05 + (0.1 if i == 3 else 0)
-            ax.add_patch(FancyBboxPatch((x0, 0.0), 0.82, 0.95, boxstyle="round,pad=0.02",
+            x0, width = i + 0.05 + (0.1 if i == 3 else 0), 0.98 if i == 3 else 0.82
+            ax.add_patch(FancyBboxPatch((x0, 0.0), width, 0.95, boxstyle="round,pad=0.02",
                                         fc="#f4cccc" if quantized else "#eeeeee",
                                         ec="#c0392b" if quantized else "#888888",
                                         lw=1.8 if quantized else 0.8))
-            ax.text(x0 + 0.41, 0.8, label, ha="center", va="center", fontsize=10.5,
+            ax.text(x0 + width / 2, 0.82, label, ha="center", va="center", fontsize=10.5,
                     fontweight="bold")
-            ax.text(x0 + 0.41, 0.38, what, ha="center", va="center", fontsize=10,
+            ax.text(x0 + width / 2, 0.37, what, ha="center", va="center", fontsize=10,
                     linespacing=1.15)
             if i in (0, 1, 2):
                 ax.add_patch(FancyArrowPatch((x0 + 0.84, 0.48), (x0 + 0.99 + (0.1 if i == 2
@@ -73,7 +73,7 @@ def _strategies_figure(model, batch_size, seq_len, fmt):
                                      ls="--"))
         ax.text(1.46, -0.4, "next step", ha="center", va="center", fontsize=10, color="#555",
                 bbox={"fc": "white", "ec": "none", "pad": 1})
-    ax = fig.add_axes((0.12, 0.17, 0.85, 0.22))
+    ax = fig.add_axes((0.17, 0.17, 0.78, 0.21))
     names = list(STRATEGY_LOOPS)
     left = [0.0] * len(names)
     for comp, color in zip(TrainingMemory.COMPONENTS, _COMPONENT_COLORS):
@@ -88,8 +88,8 @@ def _strategies_figure(model, batch_size, seq_len, fmt):
     ax.invert_yaxis()
     ax.set_xlim(0, max(left) * 1.2)
     ax.set_xlabel("GB per GPU (10^9 bytes)")
-    ax.set_title(f"One training step of {model}, batch {batch_size} x {seq_len},\nAdam, "
-                 f"{fmt} for QT", fontsize=12)
-    ax.legend(fontsize=10.5, loc="upper center", bbox_to_anchor=(0.45, -0.3), ncol=2,
+    ax.set_title(f"One training step of {model},\nbatch {batch_size} x {seq_len}, Adam, "
+                 f"{fmt} for QT", fontsize=11.5)
+    ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.4, -0.3), ncol=2,
               frameon=False)
     return fig
