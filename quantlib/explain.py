@@ -115,19 +115,46 @@ def special_values(formats=ANATOMY_FORMATS) -> Table:
     return t
 
 
-def code_grid(fmt) -> Table:
-    """Every code of a format of <= 8 bits as a grid: row = high bits, column = low 4 bits (so
-    E4M3's 256 codes fit in 16 x 16); each cell is the decoded value to 4 significant digits."""
+def _short(v: float) -> str:
+    """A value in at most 8 characters, sign included, for 8-bit formats' grids: whole numbers
+    written out (57344, not 5.734e+04), values below 0.01 to 3 significant digits with a short
+    exponent (-1.95e-3), the rest to 4 (0.1094)."""
+    if not math.isfinite(v) or v == 0:
+        return f"{v:g}"
+    if v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    text = f"{v:.2e}" if abs(v) < 0.01 else f"{v:.4g}"
+    return text.replace("e-0", "e-").replace("e+0", "e+")
+
+
+def code_grid(fmt, ncol: int = 16) -> Table:
+    """Every code of a format of <= 8 bits as a grid, each cell the decoded value to 4
+    significant digits. With `ncol=16`: row = high bits, column = low 4 bits (so E4M3's 256
+    codes fit in 16 x 16). With fewer columns (8, 4, 2) the grid keeps every code in a narrower
+    table: each row holds `ncol` consecutive codes, labelled by the first, and the column header
+    is what to add to it (code = row + column), and each value takes at most 8 characters
+    (below 0.01, 3 significant digits)."""
     f = get_format(fmt)
     if f.bits > 8:
         raise ValueError(f"code_grid lists formats of at most 8 bits, not {f.title} "
                          f"({f.num_codes:,} codes)")
+    if ncol not in (2, 4, 8, 16):
+        raise ValueError(f"ncol must be 16, 8, 4 or 2 (a power of two, so each row starts at a "
+                         f"round code), not {ncol!r}")
     values = decode(np.arange(f.num_codes, dtype=np.uint8), f).tolist()
-    ncol = min(16, f.num_codes)
-    t = Table(["code"] + [f"x{c:X}" for c in range(ncol)],
-              title=f"{f.title}: value of each code (row = high bits, column = low 4 bits)")
+    ncol = min(ncol, f.num_codes)
+    if ncol == 16:
+        t = Table(["code"] + [f"x{c:X}" for c in range(ncol)],
+                  title=f"{f.title}: value of each code (row = high bits, column = low 4 bits)")
+        label = "{:X}x".format
+    else:
+        t = Table(["code"] + [f"+{c}" for c in range(ncol)],
+                  title=f"{f.title}: value of each code (code = row + column)")
+        digits = -(-f.bits // 4)
+        label = lambda r: f"0x{r * ncol:0{digits}X}"   # noqa: E731
     for r in range(f.num_codes // ncol):
-        t.append([f"{r:X}x"] + [f"{v:.4g}" for v in values[r * ncol:(r + 1) * ncol]])
+        cell = "{:.4g}".format if ncol == 16 else _short
+        t.append([label(r)] + [cell(v) for v in values[r * ncol:(r + 1) * ncol]])
     return t
 
 

@@ -50,6 +50,16 @@ class Table:
         i = self.columns.index(name)
         return [r[i] for r in self.rows]
 
+    def select(self, columns: Sequence[str], title: str | None = None) -> Table:
+        """A table of some of the columns, in the order given (a wide table shown as two
+        narrower ones); the title is this table's unless one is given."""
+        missing = [c for c in columns if c not in self.columns]
+        if missing:
+            raise ValueError(f"no column {missing} in this table; its columns are {self.columns}")
+        idx = [self.columns.index(c) for c in columns]
+        return Table(list(columns), ([r[i] for i in idx] for r in self.rows),
+                     title=self.title if title is None else title, digits=self.digits)
+
     def to_dicts(self) -> list[dict]:
         return [dict(zip(self.columns, r)) for r in self.rows]
 

@@ -179,3 +179,30 @@ def test_range_report_overflow_is_decided_after_rounding():
     # E4M3 saturates by default; 464 ties down to 448 (no overflow), 465 rounds past it
     t = range_report([464.0, 465.0], ["e4m3"])
     assert t.column("overflow (%)") == [50.0]
+
+
+@pytest.mark.parametrize("name", ["e4m3", "e5m2", "e2m3", "e3m2", "e2m1"])
+@pytest.mark.parametrize("ncol", [8, 4])
+def test_narrow_code_grid_keeps_every_code(name, ncol):
+    f = get_format(name)
+    t = code_grid(name, ncol=ncol)
+    assert t.columns == ["code"] + [f"+{c}" for c in range(ncol)]
+    assert len(t) == f.num_codes // ncol
+    ref = [ml_round_code(c, f) for c in range(f.num_codes)]
+    for r, row in enumerate(t.rows):
+        assert int(row[0], 16) == r * ncol                          # row label = first code
+        for c, cell in enumerate(row[1:]):
+            v = ref[r * ncol + c]
+            rel = 5e-3 if abs(v) < 0.01 else 5e-4             # 3 or 4 significant digits
+            assert (cell == "nan") if np.isnan(v) else float(cell) == pytest.approx(v, rel=rel)
+            assert len(cell) <= 8
+
+
+def ml_round_code(code, f):
+    """The value of `code` in format f, decoded by ml_dtypes (FP6/FP4 codes sit in a byte)."""
+    return float(np.array([code], np.uint8).view(f.ml_dtype).astype(np.float64)[0])
+
+
+def test_code_grid_rejects_other_widths():
+    with pytest.raises(ValueError, match="ncol"):
+        code_grid("e4m3", ncol=6)

@@ -37,3 +37,22 @@ def test_layer_roles():
     assert q[("accumulation", "FP32")] > 100 > q[("accumulation", "BF16")]
     assert q[("accumulation", "FP16")] == -math.inf
     assert 25 < q[("layer output", "W8A8, FP32 acc, BF16 out")] < 35
+
+
+def test_accumulation_figure_plots_both_tables():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantlib.kernels.precision import accumulation_figure
+    ks = (16, 64)
+    zero = accumulation_error_table(ks, trials=2, seed=0)
+    pos = accumulation_error_table(ks, positive=True, trials=2, seed=0)
+    fig = accumulation_figure(zero, pos)
+    assert len(fig.axes) == 2
+    for ax, t in zip(fig.axes, (zero, pos)):
+        assert [ln.get_label() for ln in ax.get_lines()] == ["FP32", "BF16", "FP16"]
+        bf16 = ax.get_lines()[1]
+        assert list(bf16.get_xdata()) == list(ks)
+        assert list(bf16.get_ydata()) == [max(e, 1e-12) for e in t.column("BF16")]
+    plt.close(fig)

@@ -45,3 +45,15 @@ def test_html_scrolls_and_marks_numeric_columns():
     assert '<th>recipe</th><th class="num">bits</th><th class="num">QSNR dB</th><th>note</th>' in h
     assert '<tr><td>int8</td><td class="num">8</td><td class="num">41.0000</td><td></td></tr>' in h
     assert str(t).splitlines()[1] == "recipe  bits  QSNR dB  note"      # text output unchanged
+
+
+def test_select_keeps_rows_columns_and_digits():
+    t = Table(["a", "b", "c"], [[1, 0.123456, "x"], [2, 1.5, "y"]], title="T", digits=2)
+    s = t.select(["c", "a"])
+    assert s.columns == ["c", "a"] and s.rows == [["x", 1], ["y", 2]]
+    assert s.title == "T" and s.digits == 2
+    assert t.select(["b"], title="only b").title == "only b"
+    assert str(t.select(["b"])).splitlines()[-2:] == ["0.12", "1.50"]
+    assert t.rows == [[1, 0.123456, "x"], [2, 1.5, "y"]]      # the table itself unchanged
+    with pytest.raises(ValueError, match="no column"):
+        t.select(["a", "d"])

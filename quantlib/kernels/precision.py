@@ -111,3 +111,28 @@ def layer_roles_table(m: int = 64, k: int = 1024, n: int = 64, seed: int = 0) ->
               qsnr(x.double() @ w.double().T, y_fp32.to(torch.bfloat16).double()),
               "vs the FP32 layer"])
     return t
+
+
+def accumulation_figure(zero_mean: Table, positive: Table):
+    """Two log-log panels of `accumulation_error_table` results (zero-mean data left,
+    all-positive right): relative error of the sum against K, one line per accumulator. Exact
+    sums (error 0) are drawn at 1e-12, the bottom of the axis. Needs matplotlib (the book's
+    extra), imported here so that the kernels do not."""
+    from quantlib.viz import book_figure
+    return book_figure(_accumulation_figure)(zero_mean, positive)
+
+
+def _accumulation_figure(zero_mean: Table, positive: Table):
+    import matplotlib.pyplot as plt
+    accs = [c for c in zero_mean.columns if c != "K"]
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.6), sharey=True)
+    for ax, t, title in [(axes[0], zero_mean, "N(0,1) data"), (axes[1], positive, "|N(0,1)| data")]:
+        for acc, marker in zip(accs, ("o", "s", "^", "v")):
+            ax.loglog(t.column("K"), [max(e, 1e-12) for e in t.column(acc)], marker=marker,
+                      label=acc)
+        ax.set_xlabel("K (products per sum)")
+        ax.set_title(title)
+    axes[0].set_ylabel("relative error of the sum")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig

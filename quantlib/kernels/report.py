@@ -294,24 +294,32 @@ def limits_table(results: dict, peaks: dict = None) -> Table:
 
 
 def roofline_figure(results: dict, peaks: dict = None):
-    """The GEMM points of a GPU run under the GPU's BF16 and FP8 roofs (log-log)."""
+    """The GEMM points of a GPU run under the GPU's BF16 and FP8 roofs (log-log), in the book's
+    figure style (matplotlib, the book's extra, imported here so that the kernels do not)."""
+    from quantlib.viz import book_figure
+    return book_figure(_roofline_figure)(results, peaks)
+
+
+def _roofline_figure(results: dict, peaks: dict = None):
     import matplotlib.pyplot as plt
     import numpy as np
     peaks = peaks or H100_PEAKS
     pts = roofline_points(results)
     ai = np.logspace(-0.5, 4, 200)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
     for peak, name in [(peaks["fp8"], "FP8"), (peaks["bf16"], "BF16")]:
-        ax.loglog(ai, np.minimum(peak, ai * peaks["hbm_tbs"]), "--", lw=1,
-                  label=f"roof, {name} ({peak:.0f} TFLOP/s, {peaks['hbm_tbs']} TB/s)")
+        ax.loglog(ai, np.minimum(peak, ai * peaks["hbm_tbs"]), "--", lw=1.2,
+                  label=f"{name} roof: {peak:.0f} TFLOP/s, {peaks['hbm_tbs']} TB/s")
     for kernel, marker in [("FP8 GEMM tensor (ours)", "o"), ("FP8 GEMM row (ours)", "s"),
                            ("FP8 GEMM block (ours)", "D"), ("torch._scaled_mm", "x"),
                            ("W4A16 (ours)", "^"), ("W8A16 (ours)", "<"), ("cuBLAS BF16", "v")]:
         p = [q for q in pts if q["kernel"] == kernel]
-        ax.scatter([q["ai"] for q in p], [q["tflops"] for q in p], marker=marker, label=kernel)
+        ax.scatter([q["ai"] for q in p], [q["tflops"] for q in p], marker=marker, s=40,
+                   label=kernel)
     ax.set_xlabel("arithmetic intensity (FLOP / byte)")
     ax.set_ylabel("TFLOP/s")
-    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.45, -0.16), ncol=2,
+              frameon=False)
     fig.tight_layout()
     return fig
 
