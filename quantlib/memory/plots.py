@@ -76,11 +76,12 @@ def plot_sharding(config: ModelConfig | str, strategy: str = "ptq",
         ax.plot(n_gpus, ys, styles.get(s, "o-"), label=_SCHEME_LABELS.get(s, s), markersize=5)
     floor = to_unit(training_memory(c, strategy, **kw).activations)
     ax.axhline(floor, color="gray", lw=0.8, ls=":")
-    ax.text(n_gpus[0], floor, " activations (not sharded)", va="bottom", fontsize=10,
-            color="gray")
+    ax.text(n_gpus[-1], floor / 1.05, "activations (not sharded)", ha="right", va="top",
+            fontsize=10, color="gray")
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(n_gpus), [str(n) for n in n_gpus])
     ax.set_yscale("log")
+    ax.set_ylim(bottom=floor / 1.6)
     ax.set_xlabel("number of GPUs N")
     ax.set_ylabel("GB per GPU (10^9 bytes)")
     ax.set_title(f"{c.name} ({strategy}): memory per GPU under sharding")
