@@ -50,15 +50,9 @@ class Table:
         i = self.columns.index(name)
         return [r[i] for r in self.rows]
 
-    def select(self, columns: Sequence[str], title: str | None = None) -> Table:
-        """A table of some of the columns, in the order given (a wide table shown as two
-        narrower ones); the title is this table's unless one is given."""
-        missing = [c for c in columns if c not in self.columns]
-        if missing:
-            raise ValueError(f"no column {missing} in this table; its columns are {self.columns}")
-        idx = [self.columns.index(c) for c in columns]
-        return Table(list(columns), ([r[i] for i in idx] for r in self.rows),
-                     title=self.title if title is None else title, digits=self.digits)
+    def select(self, columns: Sequence[str] | dict, title: str | None = None) -> Table:
+        """A narrower view (a wide table shown as two narrower ones): `select(self, ...)`."""
+        return select(self, columns, title)
 
     def to_dicts(self) -> list[dict]:
         return [dict(zip(self.columns, r)) for r in self.rows]
@@ -114,3 +108,26 @@ class Table:
         return (f'<div class="ql-table">{title}'
                 f'<div class="ql-table-scroll" role="region" tabindex="0" aria-label="{label}">'
                 f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></div>")
+
+
+def select(table: Table, columns: Sequence[str] | dict, title: str | None = None) -> Table:
+    """A narrower view of `table` (for a page narrower than all its columns): the named columns
+    in that order, or with a dict {column: shorter name}, those columns renamed; the title is
+    the table's unless one is given. The table itself is unchanged."""
+    names = dict(columns) if isinstance(columns, dict) else {c: c for c in columns}
+    missing = [c for c in names if c not in table.columns]
+    if missing:
+        raise ValueError(f"no column {missing} in the table; it has {table.columns}")
+    idx = [table.columns.index(c) for c in names]
+    return Table(list(names.values()), ([r[i] for i in idx] for r in table.rows),
+                 title=table.title if title is None else title, digits=table.digits)
+
+
+def transpose(table: Table, title: str | None = None, corner: str | None = None) -> Table:
+    """`table` with rows and columns swapped (a wide table of few rows becomes a narrow one): the
+    first column's values become the column names, the other column names the first column,
+    headed `corner` (default: the first column's name)."""
+    head = [table.columns[0] if corner is None else corner, *(str(r[0]) for r in table.rows)]
+    return Table(head, ([c, *(r[i] for r in table.rows)] for i, c in enumerate(table.columns)
+                        if i > 0),
+                 title=table.title if title is None else title, digits=table.digits)

@@ -57,3 +57,25 @@ def test_select_keeps_rows_columns_and_digits():
     assert t.rows == [[1, 0.123456, "x"], [2, 1.5, "y"]]      # the table itself unchanged
     with pytest.raises(ValueError, match="no column"):
         t.select(["a", "d"])
+
+
+def test_select_keeps_renames_and_orders_columns():
+    from quantlib.table import select
+    t = Table(["name", "a", "b"], [["x", 1, 2.5], ["y", 3, 4.5]], title="T", digits=2)
+    s = select(t, ["b", "name"])
+    assert s.columns == ["b", "name"] and s.rows == [[2.5, "x"], [4.5, "y"]]
+    assert s.title == "T" and s.digits == 2
+    r = select(t, {"name": "n", "b": "short b"}, title="U")
+    assert r.columns == ["n", "short b"] and r.rows == [["x", 2.5], ["y", 4.5]] and r.title == "U"
+    with pytest.raises(ValueError, match="no column"):
+        select(t, ["c"])
+
+
+def test_transpose_swaps_rows_and_columns():
+    from quantlib.table import transpose
+    t = Table(["strategy", "weights", "total"], [["ptq", 1.0, 3.0], ["qat", 2.0, 5.0]], title="M")
+    tt = transpose(t)
+    assert tt.columns == ["strategy", "ptq", "qat"]
+    assert tt.rows == [["weights", 1.0, 2.0], ["total", 3.0, 5.0]]
+    assert transpose(tt).rows == t.rows and tt.title == "M"
+    assert transpose(t, corner="component").columns == ["component", "ptq", "qat"]
