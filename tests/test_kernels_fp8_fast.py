@@ -12,6 +12,7 @@ import quantlib.kernels as K
 from quantlib.kernels import reference
 from quantlib.kernels.dispatch import quiet
 from quantlib.recipes import get_recipe
+from test_kernels_quantize import same  # NaN-aware equality of codes, scales and outputs
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -29,16 +30,6 @@ def planted(R, C, seed=0, nonfinite=True):
         x[R - 2, C - 5] = float("inf")
         x[9, 0] = -float("inf")
     return x.to(DEV)
-
-
-def same(a, b):
-    if a is None or b is None:
-        return a is None and b is None
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.is_floating_point():
-        return bool(((a == b) | (a.isnan() & b.isnan())).all())
-    return torch.equal(a, b)
 
 
 def assert_same_qt(a, b):
