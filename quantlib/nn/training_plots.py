@@ -22,7 +22,7 @@ def _box(ax, xy, text, color, w=2.0, h=1.0):
     x, y = xy
     ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05",
                                 fc=color, ec="0.3", lw=0.8, zorder=2))
-    ax.text(x, y, text, ha="center", va="center", fontsize=9.5, zorder=3)
+    ax.text(x, y, text, ha="center", va="center", fontsize=10, zorder=3)
     return {"x": x, "y": y, "w": w + 0.1, "h": h + 0.1}
 
 
@@ -45,42 +45,51 @@ def _path(ax, *pts):
 @book_figure
 def draw_training_step(recipe: TrainingRecipe | str = "fp8_current"):
     """The three GEMMs of one linear layer's training step: each tensor as a box coloured by the
-    format it is stored in under `recipe`, arrows for what feeds what."""
+    format it is stored in under `recipe`, arrows for what feeds what (drawn top to bottom, so
+    it stays readable on a phone)."""
     r = get_training_recipe(recipe)
     fx, fw, fg = _fmt(r, "x"), _fmt(r, "w"), _fmt(r, "dy")
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    ys = {"f": 5.0, "d": 3.2, "w": 1.4}
+    fig, ax = plt.subplots(figsize=(6.0, 7.2))
+    cols = {"f": 1.0, "d": 3.1, "w": 5.2}               # x / fprop, W / dgrad, dy / wgrad
+    rows = [7.0, 5.4, 3.6, 1.9, 0.6]                    # source, quantized, GEMM, output, optimizer
     sr = ", SR" if r.stochastic_grad else ""
     rht = "\nRHT on both operands" if r.hadamard_wgrad else ""
-    src = {"f": _box(ax, (0.9, ys["f"]), "x (activation)\nFP32", _COLORS["FP32"]),
-           "d": _box(ax, (0.9, ys["d"]), "W (master)\nFP32", _COLORS["FP32"]),
-           "w": _box(ax, (0.9, ys["w"]), "dy (grad of y)\nFP32", _COLORS["FP32"])}
-    q = {"f": _box(ax, (3.3, ys["f"]), f"x_q {fx}\n+ scales", _COLORS.get(fx, "w")),
-         "d": _box(ax, (3.3, ys["d"]), f"W_q {fw}\n+ scales", _COLORS.get(fw, "w")),
-         "w": _box(ax, (3.3, ys["w"]), f"dy_q {fg}\n+ scales{sr}", _COLORS.get(fg, "w"))}
-    g = {"f": _box(ax, (6.1, ys["f"]), "fprop  x_q W_q^T\nFP32 accumulate", _COLORS["GEMM"]),
-         "d": _box(ax, (6.1, ys["d"]), "dgrad  dy_q W_q\nFP32 accumulate", _COLORS["GEMM"]),
-         "w": _box(ax, (6.1, ys["w"]), f"wgrad  dy_q^T x_q\nFP32 accumulate{rht}",
-                   _COLORS["GEMM"], w=2.3, h=1.25 if rht else 1.0)}
-    out = {k: _box(ax, (8.7, ys[k]), t, _COLORS["FP32"], w=1.3)
+    src = {"f": _box(ax, (cols["f"], rows[0]), "x (activation)\nFP32", _COLORS["FP32"], w=1.9),
+           "d": _box(ax, (cols["d"], rows[0]), "W (master)\nFP32", _COLORS["FP32"], w=1.9),
+           "w": _box(ax, (cols["w"], rows[0]), "dy (grad of y)\nFP32", _COLORS["FP32"], w=1.9)}
+    q = {"f": _box(ax, (cols["f"], rows[1]), f"x_q {fx}\n+ scales", _COLORS.get(fx, "w"), w=1.9),
+         "d": _box(ax, (cols["d"], rows[1]), f"W_q {fw}\n+ scales", _COLORS.get(fw, "w"), w=1.9),
+         "w": _box(ax, (cols["w"], rows[1]), f"dy_q {fg}\n+ scales{sr}", _COLORS.get(fg, "w"),
+                   w=1.9)}
+    g = {"f": _box(ax, (cols["f"], rows[2]), "fprop\nx_q W_q^T\nFP32 acc.", _COLORS["GEMM"],
+                   w=1.9, h=1.2),
+         "d": _box(ax, (cols["d"], rows[2]), "dgrad\ndy_q W_q\nFP32 acc.", _COLORS["GEMM"],
+                   w=1.9, h=1.2),
+         "w": _box(ax, (cols["w"], rows[2]), f"wgrad\ndy_q^T x_q\nFP32 acc.{rht}",
+                   _COLORS["GEMM"], w=1.9, h=1.5 if rht else 1.2)}
+    out = {k: _box(ax, (cols[k], rows[3]), t, _COLORS["FP32"], w=1.3, h=0.6)
            for k, t in (("f", "y  FP32"), ("d", "dx  FP32"), ("w", "dW  FP32"))}
-    for k in ys:
-        _path(ax, _right(src[k]), _left(q[k]))
-        _path(ax, _right(g[k]), _left(out[k]))
-    for a, b, da, db in (("f", "f", 0.1, 0.15), ("d", "f", 0.1, -0.15), ("d", "d", 0, 0.15),
-                         ("w", "d", 0.1, -0.15), ("w", "w", -0.1, 0.0), ("f", "w", -0.2, 0.2)):
-        _path(ax, _right(q[a], da), _left(g[b], db))
-    opt = _box(ax, (4.6, -0.3), "AdamW: m, v and the W update, all FP32", _COLORS["FP32"],
-               w=4.6, h=0.6)
-    _path(ax, (8.7, ys["w"] - out["w"]["h"] / 2), (8.7, -0.3), _right(opt))
-    _path(ax, _left(opt), (-0.3, -0.3), (-0.3, ys["d"]), _left(src["d"]))
+    top = lambda b, dx=0.0: (b["x"] + dx, b["y"] + b["h"] / 2)
+    bottom = lambda b, dx=0.0: (b["x"] + dx, b["y"] - b["h"] / 2)
+    for k in cols:
+        _path(ax, bottom(src[k]), top(q[k]))
+        _path(ax, bottom(g[k]), top(out[k]))
+    for a, b, da, db in (("f", "f", 0.0, -0.3), ("d", "f", -0.3, 0.3), ("d", "d", 0.1, -0.3),
+                         ("w", "d", -0.3, 0.3), ("w", "w", 0.1, 0.3), ("f", "w", 0.4, -0.4)):
+        _path(ax, bottom(q[a], da), top(g[b], db))
+    opt = _box(ax, (cols["d"], rows[4]), "AdamW: m, v, W update\nall FP32", _COLORS["FP32"],
+               w=3.2, h=0.8)
+    _path(ax, bottom(out["w"]), (cols["w"], rows[4]), _right(opt))
+    _path(ax, _left(opt), (-0.05, rows[4]), (-0.05, rows[0] + 0.8), (cols["d"], rows[0] + 0.8),
+          top(src["d"]))
     names = list(dict.fromkeys(["FP32", fx, fw, fg]))
     ax.legend([plt.Rectangle((0, 0), 1, 1, fc=_COLORS.get(k, "w"), ec="0.3") for k in names],
-              names, loc="lower right", fontsize=10, frameon=False, ncol=len(names))
-    ax.set_xlim(-0.5, 9.5)
-    ax.set_ylim(-1.3, 5.6)
+              names, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=10, frameon=False,
+              ncol=len(names))
+    ax.set_xlim(-0.2, 6.3)
+    ax.set_ylim(0.0, 8.0)
     ax.axis("off")
-    ax.set_title(f"One training step of a linear layer, recipe {r.name}")
+    ax.set_title(f"One training step of a linear layer\nrecipe {r.name}")
     fig.tight_layout()
     return fig
 
