@@ -129,6 +129,29 @@ def test_odd_shapes_padding_and_long_rows():
     assert_same_qt(K.nvfp4_quantize(z, r2, path="triton"), K.nvfp4_quantize(z, r2, path="reference"))
 
 
+@pytest.mark.parametrize("name", ["nvfp4", "mxfp4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fp4_pairs_every_input_layout(name, dtype):
+    """FP4 codes are made from (element 2i, 2i+1) pairs: read as one word of two elements when K
+    is even and the rows are word-aligned, else loaded and split. Each way, bit for bit."""
+    r = dataclasses.replace(get_recipe(name), pad=True)
+    fq = QUANTIZERS[r.scale_format]
+    x = edge_tensor(40, 256, seed=3, nonfinite=True).to(dtype)
+    buf = torch.cat([torch.zeros(1, dtype=dtype, device=DEV), x.reshape(-1)])
+    shifted = buf[1:].view(40, 256)               # contiguous, one element off word alignment
+    odd = x[:7, :67].contiguous()                 # K odd: the split path, padded to whole groups
+    for t in (x, shifted, odd, x[:1, :2].contiguous()):
+        assert_same_qt(fq(t, r, path="triton"), fq(t, r, path="reference"))
+
+
+def test_fp4_two_dimensional_blocks():
+    r = dataclasses.replace(get_recipe("nvfp4"), granularity="block2d", block=(16, 16), pad=True)
+    x = edge_tensor(48, 96, seed=4).to(torch.bfloat16)
+    a, b = K.nvfp4_quantize(x, r, path="triton"), K.nvfp4_quantize(x, r, path="reference")
+    assert_same_qt(a, b)
+    assert same(K.fp8_dequantize(a, torch.float32, path="triton"), b.dequantize(torch.float32))
+
+
 def test_bad_input_is_refused_clearly():
     x = torch.randn(8, 256, device=DEV)
     with pytest.raises(TypeError, match="float32, bfloat16 or float16"):

@@ -143,6 +143,23 @@ def to_f32(x, BF16_BITS: tl.constexpr):
 
 
 @triton.jit
+def unpack_pair(w, WORD: tl.constexpr):
+    """A word holding two consecutive elements -> (element 2i, element 2i+1) as fp32, exactly.
+    Little endian: element 2i is the low half. WORD 1: two bf16 in an int32 (each half shifted
+    into the top of an fp32, as `to_f32`); 2: two fp16 in an int32; 3: two fp32 in an int64."""
+    if WORD == 1:
+        lo = (w << 16).to(tl.float32, bitcast=True)
+        hi = (w & -65536).to(tl.float32, bitcast=True)
+    elif WORD == 2:
+        lo = w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        lo = w.to(tl.int32).to(tl.float32, bitcast=True)
+        hi = (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    return lo, hi
+
+
+@triton.jit
 def exp2i(k):
     """2^k as fp32 bits made from the integer k in [-127, 127] (2^-127 is a subnormal)."""
     b = tl.where(k >= -126, (k + 127) << 23, 0x00400000)
