@@ -169,7 +169,7 @@ def test_tensor(R, K, dtype, seed=0):
     x[1] *= 1e-39                      # fp32 subnormals
     x[2] *= 1e37                       # near the fp32 top
     x[3] = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0], device=DEV).repeat(
-        K // 8)                        # E2M1 ties once scaled by 1
+        K // 8 + 1)[:K]                # E2M1 ties once scaled by 1
     x[4, 7] = float("nan")
     x[5, 300 % K] = float("inf")
     return x.to(dtype)
@@ -775,6 +775,11 @@ def run_checks(K):
         torch.bfloat16))
     run_check("quantize mxfp8_e4m3 rceil bf16", check_quantize(
         K, dataclasses.replace(get_recipe("mxfp8_e4m3"), scale_rule="rceil"), torch.bfloat16))
+    for rec in ("nvfp4", "mxfp4"):    # FP4 pairs: two fp16 in a word; odd K: loaded and split
+        run_check(f"quantize {rec} float16 1024x4096", check_quantize(K, rec, torch.float16))
+        run_check(f"quantize {rec} bf16 odd K 1024x4095", check_quantize(
+            K, dataclasses.replace(get_recipe(rec), pad=True), torch.bfloat16,
+            cols=4095 if SZ == 1 else 255))
     run_check("quantize fp8_e4m3_rowwise long rows 64x20000", check_quantize(
         K, "fp8_e4m3_rowwise", torch.bfloat16, rows=64 if SZ == 1 else 6,
         cols=20000 if SZ == 1 else 9000))
