@@ -412,6 +412,9 @@ def test_kv_scales_compressed_tensors_quantize_as_quantlib(quantized, llama, tmp
     assert len(ck.kv_scales) == 2 * cfg.num_hidden_layers
     rows = kv_scales_table(q, (ka, va), ck).rows
     assert len(rows) == cfg.num_hidden_layers and all(r[-1] is True for r in rows)
+    listed = tensors_table(path, ("k_scale", "v_scale")).rows
+    assert [(r[0], r[1], r[2]) for r in listed] == [
+        (f"model.layers.0.self_attn.{s}_scale", "F32", "(1,)") for s in "kv"]
 
 
 def test_kv_scales_modelopt_names_and_converter(quantized, llama, tmp_path):

@@ -20,17 +20,18 @@ def files_table(path) -> Table:
     return t
 
 
-def tensors_table(path, contains: str = "") -> Table:
-    """Name, dtype and shape of every tensor whose name contains `contains` (header only: the
-    safetensors files are not loaded)."""
+def tensors_table(path, contains: str | tuple[str, ...] = "") -> Table:
+    """Name, dtype and shape of every tensor whose name contains `contains` (or one of several
+    strings); header only: the safetensors files are not loaded."""
     from safetensors import safe_open
+    parts = (contains,) if isinstance(contains, str) else tuple(contains)
     t = Table(["tensor", "dtype", "shape"], title=f"Tensors of {Path(path).name}/"
-              + (f" named *{contains}*" if contains else ""))
+              + (" named " + " or ".join(f"*{c}*" for c in parts) if any(parts) else ""))
     rows = []
     for f in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(f), "pt") as h:
             for k in h.keys():
-                if contains in k:
+                if any(c in k for c in parts):
                     s = h.get_slice(k)
                     rows.append([k, s.get_dtype(), str(tuple(s.get_shape()))])
     for r in sorted(rows):
