@@ -19,9 +19,11 @@ from quantlib.export._core import read_folder  # noqa: E402
 from quantlib.export.report import (  # noqa: E402
     compare_table,
     files_table,
+    kv_scales_table,
     scale_conventions,
     tensors_table,
 )
+from quantlib.attention import quantize_kv  # noqa: E402
 from quantlib.models.hf_llama import hf_llama  # noqa: E402
 from quantlib.nn import quantize_model  # noqa: E402
 from quantlib.nn.linear import QuantConfig  # noqa: E402
@@ -345,3 +347,170 @@ def test_tokenizer_files_are_copied(quantized, tmp_path):
     assert "tokenizer_config.json" in names and ("tokenizer.json" in names or "vocab.txt" in names)
     back = transformers.AutoTokenizer.from_pretrained(str(path))
     assert back("a quantized model")["input_ids"] == tok("a quantized model")["input_ids"]
+
+
+# ---- KV-cache scales ----------------------------------------------------------------------------
+def _kv_saved(q, ids, tmp_path, fmt="compressed-tensors", **kw):
+    from quantlib.attention import calibrate_kv
+    ka, va = calibrate_kv(q, [ids])
+    return (ka, va), save_quantized(q, tmp_path / f"kv-{fmt}", format=fmt, kv_cache=(ka, va),
+                                    **kw)
+
+
+def _states(model, ids):
+    """Post-RoPE keys and values of every layer, as a plain transformers cache holds them."""
+    from transformers import DynamicCache
+    plain = DynamicCache()
+    with torch.no_grad():
+        model(ids, cache=plain)
+    return [(lay.keys.float(), lay.values.float()) for lay in plain.layers]
+
+
+def test_kv_scales_compressed_tensors_quantize_as_quantlib(quantized, llama, tmp_path):
+    """The written kv_cache_scheme parses as compressed-tensors' QuantizationArgs; its own
+    qparam initialization gives k_scale / v_scale the shape we store; its fake quantization
+    with our scales is quantlib's static FP8 cache, bit for bit; load_checkpoint reads them."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+    from compressed_tensors.quantization.lifecycle.initialize import initialize_qparams
+
+    from quantlib.attention import QuantizedKVCache
+    from quantlib.scaling import fp32_scale
+    q, ids = quantized("nvfp4a16"), llama[1]
+    (ka, va), path = _kv_saved(q, ids, tmp_path)
+    qc = json.loads((path / "config.json").read_text())["quantization_config"]
+    args = QuantizationConfig.model_validate(qc).kv_cache_scheme
+    # what vLLM's CompressedTensorsKVCacheMethod.validate_kv_cache_scheme accepts
+    assert (args.type, args.num_bits, args.strategy, args.symmetric, args.dynamic) == \
+        ("float", 8, "tensor", True, False)
+    tensors = load_file(str(path / "model.safetensors"))
+    cache = QuantizedKVCache("fp8_tensor_static", key_amax=ka, value_amax=va, config=q.config)
+    with torch.no_grad():
+        q(ids, cache=cache)
+    ck = load_checkpoint(path)
+    cfg = q.config
+    shape = (cfg.num_key_value_heads, None, cfg.hidden_size // cfg.num_attention_heads)
+    for i, (k, v) in enumerate(_states(q, ids)):
+        attn = f"model.layers.{i}.self_attn"
+        for side, x, amax, store in (("k", k, ka[i], cache.layers[i].k),
+                                     ("v", v, va[i], cache.layers[i].v)):
+            stored = tensors[f"{attn}.{side}_scale"]
+            assert stored.dtype == torch.float32
+            assert torch.equal(stored, fp32_scale(amax, 448.0)[0].reshape(1))
+            assert torch.equal(stored.reshape(()), store.qt.scales.reshape(()))  # the cache's
+            mod = torch.nn.Linear(1, 1)
+            initialize_qparams(mod, side, args, observed_shape=shape,
+                               observed_dtype=torch.float32, force_zero_point=False)
+            param = getattr(mod, f"{side}_scale")
+            assert param.shape == stored.shape
+            param.data.copy_(stored)
+            mod.quantization_status = QuantizationStatus.FROZEN
+            theirs = forward_quantize(mod, x, side, args)
+            ours = quantize_kv(x, "fp8_tensor_static", amax=amax).dequantize()
+            assert torch.equal(theirs, ours) and not torch.equal(ours, x), (i, side)
+            assert torch.equal(ck.kv_scales[f"{attn}.{side}_scale"], stored.reshape(()))
+    assert len(ck.kv_scales) == 2 * cfg.num_hidden_layers
+    rows = kv_scales_table(q, (ka, va), ck).rows
+    assert len(rows) == cfg.num_hidden_layers and all(r[-1] is True for r in rows)
+    listed = tensors_table(path, ("k_scale", "v_scale")).rows
+    assert [(r[0], r[1], r[2]) for r in listed] == [
+        (f"model.layers.0.self_attn.{s}_scale", "F32", "(1,)") for s in "kv"]
+
+
+def test_kv_scales_modelopt_names_and_converter(quantized, llama, tmp_path):
+    """ModelOpt: kv_cache_quant_algo "FP8", <attn>.k_proj.k_scale / v_proj.v_scale scalars,
+    which compressed-tensors' ModelOpt converter takes as KV scales only when given a
+    kv_cache_scheme. Both formats read back to the same scales."""
+    from compressed_tensors.entrypoints.convert.converters.modelopt_nvfp4 import (
+        ModelOptNvfp4Converter,
+    )
+    from compressed_tensors.quantization import QuantizationArgs
+
+    from quantlib.export.compressed_tensors import KV_CACHE_SCHEME
+    q, ids = quantized("nvfp4a16"), llama[1]
+    _, mo = _kv_saved(q, ids, tmp_path, "modelopt")
+    hfq = json.loads((mo / "hf_quant_config.json").read_text())["quantization"]
+    assert hfq["kv_cache_quant_algo"] == "FP8"
+    assert json.loads((mo / "config.json").read_text())["quantization_config"][
+        "kv_cache_quant_algo"] == "FP8"
+    tensors = load_file(str(mo / "model.safetensors"))
+    ks = {k: t for k, t in tensors.items() if k.endswith(("k_scale", "v_scale"))}
+    assert sorted(ks) == ["model.layers.0.self_attn.k_proj.k_scale",
+                          "model.layers.0.self_attn.v_proj.v_scale"]
+    assert all(t.dtype == torch.float32 and t.shape == () for t in ks.values())
+    conv = dict(ignore=hfq["exclude_modules"], targets=["re:.*_proj$"])
+    with pytest.raises(ValueError, match="orphan"):
+        ModelOptNvfp4Converter(**conv).validate(dict(tensors))
+    kv_args = QuantizationArgs.model_validate(KV_CACHE_SCHEME)
+    out = ModelOptNvfp4Converter(kv_cache_scheme=kv_args, **conv).validate(dict(tensors))
+    for k, t in ks.items():
+        assert torch.equal(out[k].float(), t.to(torch.bfloat16).float())     # kept, as BF16
+    _, ct = _kv_saved(q, ids, tmp_path)
+    a, b = load_checkpoint(mo).kv_scales, load_checkpoint(ct).kv_scales
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_transformers_ignores_kv_scales(quantized, llama, tmp_path):
+    """transformers 5.25 with compressed-tensors 0.20.1 leaves the scales unused: the package
+    finds a cached attention module by a `past_key_value(s)` argument of its forward, and
+    transformers' Llama attention now names it `cache`. So the folder loads with exactly the
+    k_scale / v_scale tensors unexpected, nothing missing, and the logits without KV
+    quantization."""
+    from compressed_tensors.quantization.lifecycle.initialize import (
+        is_cached_attention_module,
+    )
+    q, ids = quantized("fp8_static"), llama[1]
+    assert not is_cached_attention_module(q.model.layers[0].self_attn)
+    _, path = _kv_saved(q, ids, tmp_path, dtype=torch.float32)
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, output_loading_info=True)
+    assert info["missing_keys"] == set() and info["mismatched_keys"] == set()
+    assert info["unexpected_keys"] == {"model.layers.0.self_attn.k_scale",
+                                       "model.layers.0.self_attn.v_scale"}
+    with torch.no_grad():
+        assert torch.equal(hf(ids).logits, q(ids).logits)
+
+
+def test_kv_cache_refusals(quantized, llama, tmp_path):
+    from quantlib.attention import QuantizedKVCache, calibrate_kv
+    q, ids = quantized("nvfp4a16"), llama[1]
+    ka, va = calibrate_kv(q, [ids])
+    kh, vh = calibrate_kv(q, [ids], per_head=True)
+    cases = [(QuantizedKVCache("fp8_token"), "each token"),
+             (QuantizedKVCache("int8_token"), "INT8"),
+             (QuantizedKVCache("nvfp4_static", key_amax=ka, value_amax=va), "NVFP4"),
+             (QuantizedKVCache("fp8_head_static", key_amax=kh, value_amax=vh), "per KV head"),
+             (QuantizedKVCache("fp8_tensor"), "first update"),
+             (QuantizedKVCache("fp8_tensor_static", key_amax=ka, value_amax=va,
+                               rotate_keys=True), "rotates"),
+             (QuantizedKVCache("fp8_tensor_static"), "no calibrated amaxes"),
+             ((kh, vh), "per_head=False"),
+             ((ka + ka, va + va), "2 layers"),
+             (([-ka[0]], va), "negative")]
+    for i, (kv, match) in enumerate(cases):
+        with pytest.raises(ValueError, match=match):
+            save_quantized(q, tmp_path / f"r{i}", kv_cache=kv)
+    with pytest.raises(TypeError, match="calibrate_kv"):
+        save_quantized(q, tmp_path / "t", kv_cache="fp8")
+    qb = quantized("fp8_block")
+    with pytest.raises(ValueError, match="no KV-cache scales"):
+        save_quantized(qb, tmp_path / "b", format="fp8-block", kv_cache=(ka, va))
+    # the accepted form of the same cache writes the same scales as the pair
+    ok = QuantizedKVCache("fp8_tensor_static", key_amax=ka, value_amax=va)
+    a = load_checkpoint(save_quantized(q, tmp_path / "ok", kv_cache=ok)).kv_scales
+    b = load_checkpoint(save_quantized(q, tmp_path / "ok2", kv_cache=(ka, va))).kv_scales
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_read_kv_every_spelling_vllm_maps():
+    """compressed-tensors' <attn>.k_scale (and the older k_proj.output_scale), ModelOpt's
+    k_proj.k_scale: one key per attention module and side; per-head scales stay vectors."""
+    from quantlib.export.kv_cache import read_kv
+    a = "model.layers.3.self_attn"
+    got = read_kv({f"{a}.k_proj.output_scale": torch.tensor([0.5]),
+                   f"{a}.v_proj.v_scale": torch.tensor(0.25),
+                   f"{a}.q_proj.weight_scale": torch.tensor([1.0]),
+                   "model.layers.4.self_attn.k_scale": torch.tensor([2.0, 3.0])})
+    assert set(got) == {f"{a}.k_scale", f"{a}.v_scale", "model.layers.4.self_attn.k_scale"}
+    assert float(got[f"{a}.k_scale"]) == 0.5 and got[f"{a}.v_scale"].shape == ()
+    assert got["model.layers.4.self_attn.k_scale"].tolist() == [2.0, 3.0]

@@ -79,6 +79,16 @@ class QuantizedKVCache(Cache):
         else:
             super().__init__(layers=[self._make_layer(i) for i in range(num_layers)])
 
+    @property
+    def key_amax(self):
+        """The calibrated key amax of every layer (None for dynamic recipes)."""
+        return self._amax[0]
+
+    @property
+    def value_amax(self):
+        """The calibrated value amax of every layer (None for dynamic recipes)."""
+        return self._amax[1]
+
     def _make_layer(self, i: int) -> QuantizedKVLayer:
         ka, va = (None if a is None else a[i] for a in self._amax)
         return QuantizedKVLayer(self.key_recipe, self.value_recipe, ka, va, seed=self.seed + 2 * i)

@@ -25,6 +25,7 @@ from quantlib.export import _core
 from quantlib.export._core import as_served, load_served
 from quantlib.export import compressed_tensors as _ct
 from quantlib.export import fp8_block as _fp8b
+from quantlib.export import kv_cache as _kv
 from quantlib.export import modelopt as _mo
 from quantlib.qtensor import QuantizedTensor
 
@@ -64,36 +65,50 @@ def input_amax(model, calibration) -> dict:
 
 def save_quantized(model, path, format: str = "compressed-tensors", tokenizer=None,
                    max_shard_size="5GB", dtype: torch.dtype = torch.bfloat16,
-                   calibration=None) -> Path:
+                   calibration=None, kv_cache=None) -> Path:
     """Write a model quantized by `quantlib.nn.quantize_model` as a Hugging Face folder that
     vLLM / TensorRT-LLM load. Unquantized tensors (embeddings, norms, biases, skipped layers)
     are stored in `dtype`. `calibration`: batches for the input global scale of NVFP4 W4A4.
-    Returns the folder's path."""
+    `kv_cache`: static FP8 KV-cache scales, written as one k_scale and one v_scale per layer
+    (amax / 448, float32) with the format's config entry (compressed-tensors and ModelOpt):
+    the pair (key_amax, value_amax) that `quantlib.attention.calibrate_kv` returns, or a
+    `QuantizedKVCache("fp8_tensor_static", key_amax=..., value_amax=...)`. Other KV recipes
+    (per token, per head, INT8, NVFP4, rotated keys) are a ValueError. Returns the folder."""
     if format not in FORMATS:
         raise ValueError(f"format={format!r}: use one of {FORMATS}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch dtype, got {dtype!r}")
     cfg = _core.hf_config(model, dtype)
     layers = _core.quant_layers(model)
+    kv = None
+    if kv_cache is not None:
+        if format not in _kv.NAMES:
+            raise ValueError(f"format={format!r} has no KV-cache scales; kv_cache= is written "
+                             f"for {tuple(_kv.NAMES)}")
+        kv = _kv.kv_scales(model, kv_cache)
     amax = input_amax(model, calibration)
     extra = {}
     if format == "compressed-tensors":
-        qc, qtensors = _ct.export(model, amax)
+        qc, qtensors = _ct.export(model, amax, kv is not None)
     elif format == "modelopt":
-        qc, qtensors, hfq = _mo.export(model, amax)
+        qc, qtensors, hfq = _mo.export(model, amax, kv is not None)
         extra["hf_quant_config.json"] = hfq
     else:
         qc, qtensors = _fp8b.export(model)
     cfg["quantization_config"] = qc
     tensors = _core.dense_tensors(model, layers, dtype)
     tensors.update(qtensors)
+    if kv is not None:
+        tensors.update(_kv.kv_tensors(kv, format))
     return _core.write_folder(path, tensors, cfg, max_shard_size, tokenizer, extra)
 
 
 @dataclass
 class Checkpoint:
     """What `load_checkpoint` returns: quantized weights by module name, input (activation)
-    scales and KV-cache scales as dequantization multipliers, the format and config.json."""
+    scales and KV-cache scales as dequantization multipliers, the format and config.json.
+    kv_scales are keyed "<attention module>.k_scale" / ".v_scale" whatever the format's own
+    spelling (`k_proj.k_scale`, `k_proj.output_scale`)."""
 
     weights: dict[str, QuantizedTensor]
     input_scales: dict[str, torch.Tensor] = field(default_factory=dict)

@@ -18,6 +18,7 @@ Per quantized layer (nn.Linear layout [N, K]):
   two's-complement nibble); weight_scale [N, K/group]; weight_shape int64 [2];
   weight_zero_point (asymmetric) stored as zp + 8, packed the same way along dim 0
   (int32 [N/8, K/group]).
+KV cache (`kv_cache.py`): `kv_cache_scheme` FP8 per tensor, static; <attn>.k_scale, v_scale [1].
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import re
 import torch
 
 from quantlib.export import _core
+from quantlib.export.kv_cache import read_kv
 from quantlib.packing import pack_nibbles, unpack_nibbles
 from quantlib.qtensor import QuantizedTensor
 from quantlib.recipes import RECIPES, Recipe
@@ -180,6 +182,9 @@ def layer_tensors(layer, fmt: str, input_amax=None) -> dict:
 
 
 # ---- writing ------------------------------------------------------------------------------------
+KV_CACHE_SCHEME = _args()      # FP8 E4M3, per tensor, symmetric, static: k_scale / v_scale
+
+
 def quantization_config(schemes: dict, ignore: list[str]) -> dict:
     """`quantization_config` for config.json from {layer: (format, weights, inputs)}: one config
     group per distinct scheme; `format: mixed-precision` (and a format per group) when they
@@ -202,8 +207,9 @@ def quantization_config(schemes: dict, ignore: list[str]) -> dict:
             "global_compression_ratio": None, "sparsity_config": {}}
 
 
-def export(model, input_amax: dict) -> tuple[dict, dict]:
-    """(quantization_config, {name: tensor}) of a quantized model's quantized layers."""
+def export(model, input_amax: dict, kv_cache: bool = False) -> tuple[dict, dict]:
+    """(quantization_config, {name: tensor}) of a quantized model's quantized layers; with
+    kv_cache, the config declares static FP8 KV-cache scales (`kv_cache_scheme`)."""
     layers = _core.quant_layers(model)
     _core.check_fused(layers, input_amax, _core.linear_names(model))
     schemes, tensors = {}, {}
@@ -218,6 +224,8 @@ def export(model, input_amax: dict) -> tuple[dict, dict]:
     qc = quantization_config(schemes, _core.unquantized_linears(model))
     if qc["format"] != "mixed-precision":
         qc["format"] = next(iter(schemes.values()))[0]
+    if kv_cache:
+        qc["kv_cache_scheme"] = dict(KV_CACHE_SCHEME)
     return qc, tensors
 
 
@@ -267,7 +275,7 @@ def read(config: dict, tensors: dict) -> dict:
     """{module: QuantizedTensor}, input scales and KV scales of a compressed-tensors folder."""
     qc = config["quantization_config"]
     groups = qc.get("config_groups", {})
-    weights, inputs, kv = {}, {}, {}
+    weights, inputs = {}, {}
     mods = set(_core.modules_with(tensors, "weight_scale"))
     for m in sorted(mods):
         g = _group_of(m, groups)
@@ -315,10 +323,7 @@ def read(config: dict, tensors: dict) -> dict:
             inputs[m] = (1.0 / tensors[f"{m}.input_global_scale"].float()).reshape(())
         elif f"{m}.input_scale" in tensors:
             inputs[m] = tensors[f"{m}.input_scale"].float().reshape(())
-    for k, t in tensors.items():
-        if k.endswith((".k_scale", ".v_scale")):
-            kv[k] = t.float().reshape(())
-    return {"weights": weights, "input_scales": inputs, "kv_scales": kv}
+    return {"weights": weights, "input_scales": inputs, "kv_scales": read_kv(tensors)}
 
 
 def _sshape(r, shape):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from quantlib.export import _core
+from quantlib.export.kv_cache import read_kv
 from quantlib.qtensor import QuantizedTensor
 from quantlib.recipes import Recipe
 
@@ -52,4 +53,4 @@ def read(config: dict, tensors: dict) -> dict:
         r = Recipe(f"fp8_e4m3_{bs[0]}x{bs[1]}", "e4m3", "block2d", bs, pad=True)
         weights[m] = QuantizedTensor(w.view(torch.uint8), tensors[f"{m}.weight_scale_inv"]
                                      .float().contiguous(), r, w.shape, torch.bfloat16)
-    return {"weights": weights, "input_scales": {}, "kv_scales": {}}
+    return {"weights": weights, "input_scales": {}, "kv_scales": read_kv(tensors)}

@@ -13,12 +13,15 @@ Per quantized layer:
   tensor scale (W4A4 only).
 - FP8: weight float8_e4m3fn, weight_scale float32 scalar (amax/448), input_scale float32 scalar
   (static activations: ModelOpt FP8 is per-tensor and static).
+KV cache (`kv_cache.py`): kv_cache_quant_algo "FP8"; <attn>.k_proj.k_scale, v_proj.v_scale
+float32 scalars.
 """
 from __future__ import annotations
 
 import torch
 
 from quantlib.export import _core
+from quantlib.export.kv_cache import read_kv
 from quantlib.qtensor import QuantizedTensor
 from quantlib.recipes import RECIPES
 from quantlib.scaling import fp32_scale, nvfp4_scale
@@ -58,8 +61,9 @@ def layer_tensors(layer, algo: str, input_amax=None) -> dict:
             "input_scale": fp32_scale(layer.act_amax.float().reshape(()), 448.0)[0]}
 
 
-def export(model, input_amax: dict) -> tuple[dict, dict, dict]:
-    """(config.json's quantization_config, {name: tensor}, hf_quant_config.json)."""
+def export(model, input_amax: dict, kv_cache: bool = False) -> tuple[dict, dict, dict]:
+    """(config.json's quantization_config, {name: tensor}, hf_quant_config.json); with
+    kv_cache, `kv_cache_quant_algo: "FP8"` (static per-tensor k_scale / v_scale)."""
     from quantlib import __version__
     layers = _core.quant_layers(model)
     _core.check_fused(layers, input_amax, _core.linear_names(model))
@@ -76,7 +80,7 @@ def export(model, input_amax: dict) -> tuple[dict, dict, dict]:
                          f"differ: {sorted(set(algos.values()))}. Use format='compressed-tensors' "
                          f"(mixed-precision) or one config for every layer")
     algo = next(iter(algos.values()))
-    quant = {"quant_algo": algo, "kv_cache_quant_algo": None,
+    quant = {"quant_algo": algo, "kv_cache_quant_algo": "FP8" if kv_cache else None,
              "group_size": 16 if "NVFP4" in algo else None,
              "exclude_modules": _core.unquantized_linears(model)}
     if quant["group_size"] is None:
@@ -89,7 +93,7 @@ def export(model, input_amax: dict) -> tuple[dict, dict, dict]:
 def read(hf_quant_config: dict, tensors: dict) -> dict:
     """{module: QuantizedTensor} and input scales of a ModelOpt NVFP4 / FP8 folder."""
     algo = hf_quant_config["quantization"]["quant_algo"]
-    weights, inputs, kv = {}, {}, {}
+    weights, inputs = {}, {}
     for m in _core.modules_with(tensors, "weight_scale"):
         w, s = tensors[f"{m}.weight"], tensors[f"{m}.weight_scale"]
         if "NVFP4" in algo and w.dtype == torch.uint8:
@@ -106,7 +110,4 @@ def read(hf_quant_config: dict, tensors: dict) -> dict:
                              f"layout quantlib reads (NVFP4, W4A16_NVFP4, FP8)")
         if f"{m}.input_scale" in tensors:
             inputs[m] = tensors[f"{m}.input_scale"].float().reshape(())
-    for k, t in tensors.items():
-        if k.endswith((".k_scale", ".v_scale")):
-            kv[k] = t.float().reshape(())
-    return {"weights": weights, "input_scales": inputs, "kv_scales": kv}
+    return {"weights": weights, "input_scales": inputs, "kv_scales": read_kv(tensors)}

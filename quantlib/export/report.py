@@ -1,5 +1,6 @@
 """Tables for looking inside a checkpoint folder (chapter 13): its files, its tensors, how they
-compare with the quantized model, and the two conventions for the NVFP4 tensor scale."""
+compare with the quantized model, the two conventions for the NVFP4 tensor scale, and the
+KV-cache scales."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,17 +20,18 @@ def files_table(path) -> Table:
     return t
 
 
-def tensors_table(path, contains: str = "") -> Table:
-    """Name, dtype and shape of every tensor whose name contains `contains` (header only: the
-    safetensors files are not loaded)."""
+def tensors_table(path, contains: str | tuple[str, ...] = "") -> Table:
+    """Name, dtype and shape of every tensor whose name contains `contains` (or one of several
+    strings); header only: the safetensors files are not loaded."""
     from safetensors import safe_open
+    parts = (contains,) if isinstance(contains, str) else tuple(contains)
     t = Table(["tensor", "dtype", "shape"], title=f"Tensors of {Path(path).name}/"
-              + (f" named *{contains}*" if contains else ""))
+              + (" named " + " or ".join(f"*{c}*" for c in parts) if any(parts) else ""))
     rows = []
     for f in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(f), "pt") as h:
             for k in h.keys():
-                if contains in k:
+                if any(c in k for c in parts):
                     s = h.get_slice(k)
                     rows.append([k, s.get_dtype(), str(tuple(s.get_shape()))])
     for r in sorted(rows):
@@ -74,4 +76,21 @@ def scale_conventions(tensor_scale: torch.Tensor, block_scale: float = 1.0,
             ("g^2  (how much too large that weight is)", g * g)]
     for name, v in rows:
         t.append([name, f"{float(v):.9g}"])
+    return t
+
+
+def kv_scales_table(model, kv_cache, checkpoint) -> Table:
+    """Per attention layer: the calibrated K and V amax, the scale quantlib's static FP8 cache
+    uses (amax / 448 in float32) and the k_scale / v_scale read back from the checkpoint, and
+    whether they are the same float32 numbers. Values with 6 significant digits."""
+    from quantlib.export.kv_cache import attention_modules, kv_amax
+    from quantlib.scaling import fp32_scale
+    ka, va = kv_amax(kv_cache)
+    t = Table(["layer", "K amax", "k_scale stored", "V amax", "v_scale stored",
+               "= amax / 448"], title="KV-cache scales: calibrated and read back")
+    for attn, k, v in zip(attention_modules(model), ka, va):
+        ks, vs = checkpoint.kv_scales[f"{attn}.k_scale"], checkpoint.kv_scales[f"{attn}.v_scale"]
+        same = torch.equal(ks, fp32_scale(k, 448.0)[0]) and torch.equal(vs, fp32_scale(v, 448.0)[0])
+        t.append([attn, f"{float(k):.6g}", f"{float(ks):.6g}", f"{float(v):.6g}",
+                  f"{float(vs):.6g}", same])
     return t
