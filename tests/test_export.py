@@ -431,8 +431,11 @@ def test_kv_scales_modelopt_names_and_converter(quantized, llama, tmp_path):
     _, mo = _kv_saved(q, ids, tmp_path, "modelopt")
     hfq = json.loads((mo / "hf_quant_config.json").read_text())["quantization"]
     assert hfq["kv_cache_quant_algo"] == "FP8"
-    assert json.loads((mo / "config.json").read_text())["quantization_config"][
-        "kv_cache_quant_algo"] == "FP8"
+    flat = json.loads((mo / "config.json").read_text())["quantization_config"]
+    assert flat["kv_cache_quant_algo"] == "FP8" and flat["kv_cache_scheme"] == KV_CACHE_SCHEME
+    # vLLM reads the flat form's skipped layers from "ignore", the nested one's from
+    # "exclude_modules": both name the same layers (lm_head here)
+    assert flat["ignore"] == flat["exclude_modules"] == hfq["exclude_modules"] != []
     tensors = load_file(str(mo / "model.safetensors"))
     ks = {k: t for k, t in tensors.items() if k.endswith(("k_scale", "v_scale"))}
     assert sorted(ks) == ["model.layers.0.self_attn.k_proj.k_scale",

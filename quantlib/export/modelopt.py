@@ -87,7 +87,14 @@ def export(model, input_amax: dict, kv_cache: bool = False) -> tuple[dict, dict,
         del quant["group_size"]
     producer = {"name": "quantlib", "version": __version__}
     hfq = {"producer": producer, "quantization": quant}
-    return {"quant_method": "modelopt", **quant, "producer": producer}, tensors, hfq
+    # config.json's flat form: vLLM reads the skipped layers there from "ignore" (ModelOpt's
+    # own convert_hf_config.py writes it), hf_quant_config.json's nested form from
+    # "exclude_modules"; a flat KV cache is read from kv_cache_quant_algo or kv_cache_scheme
+    flat = {"quant_method": "modelopt", **quant, "ignore": quant["exclude_modules"]}
+    if kv_cache:
+        from quantlib.export.compressed_tensors import KV_CACHE_SCHEME
+        flat["kv_cache_scheme"] = dict(KV_CACHE_SCHEME)
+    return {**flat, "producer": producer}, tensors, hfq
 
 
 def read(hf_quant_config: dict, tensors: dict) -> dict:
