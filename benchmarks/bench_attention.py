@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def main(argv=None):
@@ -34,6 +33,7 @@ def main(argv=None):
     from quantlib.attention import quantize_kv
     from quantlib.kernels import decode_attention
     from quantlib.table import Table
+    from quantlib.timing import time_ms
 
     dev = "cpu" if a.dry_run else "cuda"
     if not a.dry_run and not torch.cuda.is_available():
@@ -44,15 +44,8 @@ def main(argv=None):
     repeat = 1 if a.dry_run else a.repeat
 
     def timed(fn):
-        fn()
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(repeat):
-            fn()
-        if dev == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / repeat
+        """Mean wall-clock seconds of `repeat` back-to-back calls after one warm-up."""
+        return time_ms(lambda _: fn(), repeat, clock="wall", stat="mean")[0] / 1e3
 
     t = Table(["tokens", "recipe", "block_n", "splits", "max rel err", "BF16 SDPA us",
                "kernel us", "speed-up"], title=f"Decode attention, batch {batch}, "

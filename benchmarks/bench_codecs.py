@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
 
 from quantlib import decode, encode, get_format
 from quantlib.table import Table
+from quantlib.timing import time_ms
 
 try:
     import ml_dtypes
@@ -49,17 +49,12 @@ def same_semantics(f, codes_of, device):
     return f"no: {x[i].item():g} -> 0x{theirs[i].item():X}, ours 0x{ours[i].item():X}"
 
 
-def once(fn, device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+def once(fn):
+    """Seconds of one call (waiting for the GPU when the run uses one)."""
+    return time_ms(lambda _: fn(), 1, warmup=0, clock="wall")[0] / 1e3
 
 
-def timed_round_robin(impls, device):
+def timed_round_robin(impls):
     """Median seconds of each (name, fn, repeats): one warm-up each (look-up tables, native-cast
     checks), then the implementations take turns, so allocator and cache state (a 16M-element
     output is right at glibc's largest mmap threshold) fall on all of them alike."""
@@ -69,7 +64,7 @@ def timed_round_robin(impls, device):
     for i in range(max(rep for _, _, rep in impls)):
         for name, fn, rep in impls:
             if i < rep:
-                times[name].append(once(fn, device))
+                times[name].append(once(fn))
     return [(name, statistics.median(times[name])) for name, _, _ in impls]
 
 
@@ -113,7 +108,7 @@ def main():
             cands["encode"].append(("ml_dtypes", lambda f=f: xn.astype(f.ml_dtype), r))
             cands["decode"].append(("ml_dtypes", lambda mld=mld: mld.astype(np.float32), r))
         for op, impls in cands.items():
-            results = timed_round_robin(impls, dev)
+            results = timed_round_robin(impls)
             base = [t for impl, t in results if not impl.startswith("quantlib")]
             best = min(base) if base else None
             for impl, t in results:

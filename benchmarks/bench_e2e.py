@@ -23,7 +23,6 @@ import datetime
 import gc
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -57,43 +56,13 @@ def build_model(size: str, device: str):
 
 
 def timer(fn, reps: int, graph: bool):
-    """Median ms of fn(): on a GPU a CUDA graph of one call replayed between events (eager
-    when capture fails, reported); on the CPU wall-clock calls. Returns (ms, how)."""
-    if not torch.cuda.is_available() or not graph:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(ts), "eager"
-    how = "cuda graph"
-    try:
-        g = torch.cuda.CUDAGraph()
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            fn()
-        torch.cuda.current_stream().wait_stream(s)
-        with torch.cuda.graph(g):
-            fn()
-        run = g.replay
-    except Exception as e:  # noqa: BLE001 (report and time eagerly)
-        log(f"    no CUDA graph ({type(e).__name__}: {str(e)[:100]}): timing eager calls")
-        how, run = f"eager ({type(e).__name__})", fn
-    run()
-    torch.cuda.synchronize()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-          for _ in range(reps)]
-    for a, b in ev:
-        a.record()
-        run()
-        b.record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in ev), how
+    """Median ms of fn() (quantlib.timing): on a GPU a CUDA graph of one call replayed between
+    events (eager when capture fails, reported); on the CPU, or graph=False, wall-clock calls.
+    Returns (ms, how)."""
+    from quantlib.timing import time_ms
+    gpu = torch.cuda.is_available() and graph
+    return time_ms(lambda _: fn(), reps, warmup=1 if gpu else 0,
+                   clock="events" if gpu else "wall", log=lambda m: log(f"    {m}"))
 
 
 def decode_step(model, batch: int, kv_len: int, device: str):

@@ -10,12 +10,12 @@ number of code bytes and scales on which the two differ.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import quantlib
 from quantlib.table import Table
+from quantlib.timing import time_ms
 
 F4_MAX, E4M3_MAX, E4M3_EPS = 6.0, 448.0, torch.finfo(torch.float8_e4m3fn).tiny
 
@@ -78,13 +78,8 @@ def torchao_to_mx_fp4(x: torch.Tensor):
 
 # ---- timing --------------------------------------------------------------------------------------
 def median_time(fn, repeat: int) -> float:
-    fn()                                           # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    """Median seconds of `repeat` calls after one warm-up."""
+    return time_ms(lambda _: fn(), repeat, clock="wall")[0] / 1e3
 
 
 def run(size: int = 4096, repeat: int = 5) -> Table:

@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import re
-import statistics
 import sys
 import time
 import traceback
@@ -79,47 +78,19 @@ def copies_for(nbytes: int) -> int:
 
 
 def bench_ms(fn, reps=20, warmup=2, rotate=None, graph=True):
-    """Median time of one fn(i) call in ms, i = 0..rotate-1 cycling over input copies (so a
-    working set smaller than L2 is not served from L2); rotate=None calls fn(). The calls are captured in a CUDA graph
-    and replayed between CUDA events: Python and launch overheads are excluded, as they are for
-    the cuBLAS baselines, which get the same treatment. Falls back to back-to-back calls
-    (overheads partly hidden) when a graph cannot be captured."""
-    calls = max(rotate or 1, 4)
+    """Median time of one fn(i) call in ms (quantlib.timing.time_ms), i = 0..rotate-1 cycling
+    over input copies (so a working set smaller than L2 is not served from L2); rotate=None
+    calls fn(). Groups of max(rotate, 4) calls are captured in a CUDA graph and replayed
+    between CUDA events after `warmup` groups: Python and launch overheads are excluded, as
+    they are for the cuBLAS baselines, which get the same treatment. Back-to-back eager calls
+    (overheads partly hidden) with graph=False or when a graph cannot be captured."""
+    from quantlib.timing import time_ms
     f = (lambda i: fn(i % rotate)) if rotate else (lambda i: fn())
     if DEV == "cpu":                      # --dry-run: exercise the code, one untimed-ish run
-        t = time.perf_counter()
-        f(0)
-        return (time.perf_counter() - t) * 1e3
-    for i in range(warmup * calls):       # compiles, autotunes, fills caches
-        f(i)
-    torch.cuda.synchronize()
-    replay = None
-    try:
-        if not graph:
-            raise NotImplementedError   # eager timing asked for (the torch eager reference)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for i in range(calls):
-                f(i)
-        g.replay()
-        torch.cuda.synchronize()
-        replay = g.replay
-    except Exception as e:  # noqa: BLE001
-        if graph:
-            log(f"  (no CUDA graph: {type(e).__name__}: {str(e)[:80]}; timing eager calls)")
-        torch.cuda.synchronize()
-
-        def replay():
-            for i in range(calls):
-                f(i)
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-          for _ in range(reps)]
-    for st, en in ev:
-        st.record()
-        replay()
-        en.record()
-    torch.cuda.synchronize()
-    return statistics.median(st.elapsed_time(en) for st, en in ev) / calls
+        return time_ms(f, 1, warmup=0, clock="wall")[0]
+    calls = max(rotate or 1, 4)
+    return time_ms(f, reps, calls=calls, warmup=warmup * calls, graph=graph,
+                   log=lambda m: log(f"  ({m})"))[0]
 
 
 def dump():
@@ -343,6 +314,14 @@ def bench_copy(x):
     return 2 * x.numel() * x.element_size() / ms / 1e6
 
 
+def bandwidth_row(x, nbytes, ms, copy_gbs, **more):
+    """A memory-bound kernel's row: GB/s (nbytes moved in ms) against a device copy's, bar
+    85%."""
+    gbs = nbytes / ms / 1e6
+    return {"shape": list(x.shape), "ms": ms, "GB/s": gbs, "copy GB/s": copy_gbs,
+            "ratio": gbs / copy_gbs, "bar": 0.85, "pass": gbs / copy_gbs >= 0.85, **more}
+
+
 def bench_quantize(K, x, recipe, copy_gbs):
     def fn():
         from quantlib.recipes import get_recipe
@@ -353,25 +332,22 @@ def bench_quantize(K, x, recipe, copy_gbs):
         nbytes = x.numel() * x.element_size() + qt.nbytes
         ms = bench_ms(lambda: fq(x, r, path="triton"))
         ref_ms = bench_ms(lambda: fq(x, r, path="reference"), reps=5, warmup=1, graph=False)
-        gbs = nbytes / ms / 1e6
-        return {"shape": list(x.shape), "dtype": str(x.dtype), "ms": ms, "GB/s": gbs,
-                "copy GB/s": copy_gbs, "ratio": gbs / copy_gbs, "bar": 0.85,
-                "pass": gbs / copy_gbs >= 0.85, "torch eager reference ms": ref_ms,
-                "bytes": nbytes,
-                "note": "bytes = input read once + codes + scales; per-tensor and NVFP4 read "
-                        "the input twice (amax pass)" if r.granularity == "tensor"
-                        or recipe == "nvfp4" else ""}
+        return bandwidth_row(
+            x, nbytes, ms, copy_gbs, dtype=str(x.dtype), bytes=nbytes,
+            note="bytes = input read once + codes + scales; per-tensor and NVFP4 read the "
+                 "input twice (amax pass)" if r.granularity == "tensor" or recipe == "nvfp4"
+            else "", **{"torch eager reference ms": ref_ms})
     return fn
 
 
-def bench_dequantize(K, x, copy_gbs):
+def bench_dequantize(K, x, recipe, copy_gbs):
     def fn():
-        qt = K.fp8_quantize(x, "fp8_e4m3_1x128")
+        from quantlib.kernels import reference
+        qt = reference.quantize_ref(x, recipe) if DEV == "cpu" else (
+            K.nvfp4_quantize(x) if recipe == "nvfp4" else K.mx_quantize(x, recipe)
+            if recipe.startswith("mx") else K.fp8_quantize(x, recipe))
         ms = bench_ms(lambda: K.fp8_dequantize(qt, torch.bfloat16, path="triton"))
-        nbytes = qt.nbytes + x.numel() * 2
-        gbs = nbytes / ms / 1e6
-        return {"shape": list(x.shape), "ms": ms, "GB/s": gbs, "copy GB/s": copy_gbs,
-                "ratio": gbs / copy_gbs, "bar": 0.85, "pass": gbs / copy_gbs >= 0.85}
+        return bandwidth_row(x, qt.nbytes + x.numel() * 2, ms, copy_gbs)
     return fn
 
 
@@ -732,7 +708,8 @@ def main():
         for rec in ["fp8_e4m3_1x128", "fp8_e4m3_rowwise", "fp8_e4m3_128x128", "fp8_e4m3_tensor",
                     "mxfp8_e4m3", "mxfp4", "nvfp4"]:
             run_bench(f"quantize {rec}", bench_quantize(K, x, rec, copy_gbs))
-        run_bench("dequantize fp8_e4m3_1x128 -> bf16", bench_dequantize(K, x, copy_gbs))
+        run_bench("dequantize fp8_e4m3_1x128 -> bf16",
+                  bench_dequantize(K, x, "fp8_e4m3_1x128", copy_gbs))
         run_fp8_fast_benches(K, x, copy_gbs)   # issue 15
         del x
         # most telling first, so a run cut short by the budget still has them: decode and
@@ -950,10 +927,8 @@ def bench_quantize_given_amax(K, x, recipe, copy_gbs):
         qt = fq(x, recipe, path="triton", amax=amax)
         nbytes = x.numel() * x.element_size() + qt.nbytes
         ms = bench_ms(lambda: fq(x, recipe, path="triton", amax=amax))
-        gbs = nbytes / ms / 1e6
-        return {"shape": list(x.shape), "ms": ms, "GB/s": gbs, "copy GB/s": copy_gbs,
-                "ratio": gbs / copy_gbs, "bar": 0.85, "pass": gbs / copy_gbs >= 0.85,
-                "bytes": nbytes, "note": "amax given: one read of the input"}
+        return bandwidth_row(x, nbytes, ms, copy_gbs, bytes=nbytes,
+                             note="amax given: one read of the input")
     return fn
 
 
@@ -965,24 +940,8 @@ def bench_quantize_transpose(K, x, recipe, copy_gbs):
         ms = bench_ms(lambda: K.fp8_quantize_transpose(x, recipe, path="triton", **kw))
         two = bench_ms(lambda: (K.fp8_quantize(x, recipe, path="triton", **kw),
                                 K.fp8_quantize(x.t().contiguous(), recipe, path="triton", **kw)))
-        gbs = nbytes / ms / 1e6
-        return {"shape": list(x.shape), "ms": ms, "GB/s": gbs, "copy GB/s": copy_gbs,
-                "ratio": gbs / copy_gbs, "bar": 0.85, "pass": gbs / copy_gbs >= 0.85,
-                "bytes": nbytes, "unfused ms (quantize x, transpose, quantize x^T)": two}
-    return fn
-
-
-def bench_dequantize_recipe(K, x, recipe, copy_gbs):
-    def fn():
-        from quantlib.kernels import reference
-        qt = reference.quantize_ref(x, recipe) if DEV == "cpu" else (
-            K.nvfp4_quantize(x) if recipe == "nvfp4" else K.mx_quantize(x, recipe)
-            if recipe.startswith("mx") else K.fp8_quantize(x, recipe))
-        ms = bench_ms(lambda: K.fp8_dequantize(qt, torch.bfloat16, path="triton"))
-        nbytes = qt.nbytes + x.numel() * 2
-        gbs = nbytes / ms / 1e6
-        return {"shape": list(x.shape), "ms": ms, "GB/s": gbs, "copy GB/s": copy_gbs,
-                "ratio": gbs / copy_gbs, "bar": 0.85, "pass": gbs / copy_gbs >= 0.85}
+        return bandwidth_row(x, nbytes, ms, copy_gbs, bytes=nbytes, **{
+            "unfused ms (quantize x, transpose, quantize x^T)": two})
     return fn
 
 
@@ -1033,7 +992,7 @@ def run_fp8_fast_benches(K, x, copy_gbs):
     for rec in ("fp8_e4m3_1x128", "fp8_e4m3_128x128", "fp8_e4m3_tensor"):
         run_bench(f"fp8_quantize_transpose {rec}", bench_quantize_transpose(K, x, rec, copy_gbs))
     for rec in ("nvfp4", "mxfp4", "mxfp8_e4m3", "fp8_e4m3_tensor"):
-        run_bench(f"dequantize {rec} -> bf16", bench_dequantize_recipe(K, x, rec, copy_gbs))
+        run_bench(f"dequantize {rec} -> bf16", bench_dequantize(K, x, rec, copy_gbs))
     for kind in ("tiled", "persistent", "tma", "tma_lag"):
         for mode in ("block",) if kind == "tma_lag" else ("tensor", "block"):
             run_bench(f"fp8_mm kind={kind} {mode} 8192^3",

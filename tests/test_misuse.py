@@ -1,5 +1,6 @@
 """Misuse of the public API that used to give silent wrong numbers or unhelpful crashes: each is
 now a correct result or a clear ValueError/TypeError that names the argument and what to do."""
+import copy
 import dataclasses
 import io
 import warnings
@@ -13,6 +14,7 @@ from quantlib import kernels as K
 from quantlib.nn import QuantLinear, convert, prepare_qat, quantize_model
 from quantlib.nn.calibrate import (
     calibrate_activations,
+    fixed_amax,
     mse_calibrator,
     percentile_calibrator,
     with_calibrator,
@@ -154,6 +156,98 @@ def test_quantized_tensor_to_refuses_a_dtype():
         qt.to(3.5)
     moved = qt.to("cpu")
     assert torch.equal(moved.dequantize(), qt.dequantize())
+
+
+# QAT: the learned LSQ amax (a parameter) and the static act_amax (a buffer) are the recipe's FP32
+# numbers; a cast rounds the weights (here already on the BF16 grid, so it is exact) and the
+# compute dtype, never the amax
+_CASTS = {"half": (torch.float16, lambda m: m.half()),
+          "bfloat16": (torch.bfloat16, lambda m: m.bfloat16()),
+          "to_f16": (torch.float16, lambda m: m.to(torch.float16)),
+          "to_bf16": (torch.bfloat16, lambda m: m.to(torch.bfloat16)),
+          "double": (torch.float64, lambda m: m.double())}
+
+
+def _trained_qat(lsq):
+    m, x = mlp(), torch.randn(64, 64)
+    qat = prepare_qat(m, "w4a4_int4", calibration=[x], lsq=lsq)
+    opt = torch.optim.SGD(qat.parameters(), lr=0.05)
+    for _ in range(2):                                         # learned amaxes move off any grid
+        opt.zero_grad()
+        F.mse_loss(qat(x), torch.zeros(64, 16)).backward()
+        opt.step()
+    with torch.no_grad():                                      # weights on the BF16 grid
+        for n, p in qat.named_parameters():
+            if not n.endswith("amax"):
+                p.copy_(p.bfloat16().float())
+    return qat, x.bfloat16().float()
+
+
+def _amaxes(model):
+    return {n: t for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if n.endswith("amax") and t is not None}
+
+
+@pytest.mark.parametrize("lsq", [False, True])
+@pytest.mark.parametrize("cast", list(_CASTS))
+def test_qat_dtype_casts_keep_the_amax_fp32(lsq, cast):
+    dtype, apply = _CASTS[cast]
+    ref, x = _trained_qat(lsq)
+    qat = copy.deepcopy(ref)
+    before = {n: t.detach().clone() for n, t in _amaxes(qat).items()}
+    params = {n: p for n, p in qat.named_parameters() if n.endswith("amax")}
+    assert len(before) == (4 if lsq else 2) and len(params) == (4 if lsq else 0)
+    # the test can fail: a cast would round these amaxes (or widen them, for float64)
+    assert dtype == torch.float64 or \
+        any(not torch.equal(t, t.to(dtype).float()) for t in before.values())
+    assert apply(qat) is qat
+    after = _amaxes(qat)
+    assert after.keys() == before.keys()
+    for n, t in after.items():
+        assert t.dtype == torch.float32 and torch.equal(t, before[n]), n
+    assert qat[0].weight.dtype == dtype and qat[0].bias.dtype == dtype
+    for n, p in qat.named_parameters():                        # the same Parameter objects
+        if n.endswith("amax"):
+            assert p is params[n] and isinstance(p, nn.Parameter) and p.requires_grad
+    # forward: the FP32 model's fake-quantized input and weight, rounded to dtype, multiplied
+    layer, layer32, xd = qat[0], ref[0], x.to(dtype)
+    if lsq:
+        xq, wq = layer32.act_lsq(x), layer32.weight_lsq(layer32.weight)
+    else:
+        static = with_calibrator(layer32.config.activation, fixed_amax(layer32.act_amax))
+        xq = quantize(x, static).dequantize()
+        wq = quantize(layer32.weight.detach(), layer32.config.weight).dequantize()
+    want = F.linear(xq.detach().to(dtype), wq.detach().to(dtype), layer32.bias.detach().to(dtype))
+    y = layer(xd)
+    assert y.dtype == dtype and torch.equal(y, want)
+    # gradients reach the FP32 amax, and an optimizer steps it
+    if lsq:
+        qat(xd).float().square().mean().backward()
+        amax = qat[0].act_lsq.amax
+        assert amax.grad is not None and amax.grad.dtype == torch.float32 and amax.grad.any()
+        assert any(p is amax for p in qat.parameters())
+        old = amax.detach().clone()
+        torch.optim.SGD(qat.parameters(), lr=0.1).step()
+        assert amax.dtype == torch.float32 and not torch.equal(amax.detach(), old)
+        apply(qat)                                            # a cast keeps the FP32 gradient
+        assert amax.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("lsq", [False, True])
+@pytest.mark.parametrize("cast", list(_CASTS))
+def test_qat_convert_after_a_cast_stores_the_same_codes_and_scales(lsq, cast):
+    dtype, apply = _CASTS[cast]
+    ref, x = _trained_qat(lsq)
+    real32 = convert(ref)
+    real = convert(apply(copy.deepcopy(ref)))
+    for i in (0, 2):
+        a, b = dict(real32[i].named_buffers()), dict(real[i].named_buffers())
+        assert a.keys() == b.keys() and "act_amax" in a
+        for n in a:
+            if a[n] is not None:
+                assert a[n].dtype == b[n].dtype and torch.equal(a[n], b[n]), (i, n)
+    assert real[0].bias.dtype == dtype
+    assert torch.equal(real(x.to(dtype)), real32.to(dtype)(x.to(dtype)))
 
 
 # ---- NaN/Inf in calibration data: one refusal on every path --------------------------------

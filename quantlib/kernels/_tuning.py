@@ -20,21 +20,10 @@ def capturing() -> bool:
 
 
 def time_config(launch, cfg, n=10):
-    """ms per launch of one config: n launches captured in a CUDA graph and replayed."""
-    import torch
-    launch(cfg)                               # compile and warm up outside the capture
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(n):
-            launch(cfg)
-    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    g.replay()
-    e0.record()
-    g.replay()
-    e1.record()
-    torch.cuda.synchronize()
-    return e0.elapsed_time(e1) / n
+    """ms per launch of one config: n launches captured in a CUDA graph, one replay timed (a
+    capture that fails raises: `pick` skips that config)."""
+    from quantlib.timing import time_ms
+    return time_ms(lambda _: launch(cfg), 1, calls=n, fallback=False)[0]
 
 
 def pick(launch, cfgs):

@@ -335,6 +335,7 @@ def gemv_timing(n: int = 8192, k: int = 8192, reps: int = 50, config=GEMV_CONFIG
     replayed from a CUDA graph."""
     import quantlib.kernels as K
     from quantlib.kernels import _wq_gemm
+    from quantlib.timing import time_ms
     if not torch.cuda.is_available():
         raise RuntimeError("gemv_timing needs a CUDA GPU")
     w = torch.randn(n, k, device="cuda")
@@ -347,18 +348,7 @@ def gemv_timing(n: int = 8192, k: int = 8192, reps: int = 50, config=GEMV_CONFIG
                      ("NVFP4 W4A16", lambda: _wq_gemm.wq_mm(
                          x, wq.codes, wq.scales, wq.tensor_scale, "nvfp4",
                          out_dtype=torch.bfloat16, config=config))]:
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times[name] = a.elapsed_time(b) / reps * 1e3
+        times[name] = time_ms(lambda _: fn(), reps, stat="mean", fallback=False)[0] * 1e3
         t.append([name, times[name], times["cuBLAS BF16"] / times[name]])
     return t
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from quantlib.device import kernel_path
+from quantlib.nn.exact import ExactUnderCasts
 from quantlib.nn.transforms import transformed_input, transformed_weight
 from quantlib.qtensor import QuantizedTensor, quantize
 from quantlib.recipes import Recipe, get_recipe
@@ -121,7 +122,7 @@ def _warn_once(key, msg):
         warnings.warn(msg, stacklevel=3)
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(ExactUnderCasts):
     """y = x W^T + b with W stored as codes + scales (buffers, so state_dict saves them)."""
 
     def __init__(self, in_features: int, out_features: int, config, bias: bool = True,
@@ -141,20 +142,10 @@ class QuantLinear(nn.Module):
         self.register_buffer("smooth", torch.ones(in_features, device=device) if smooth else None)
         self.register_buffer("rotation", torch.eye(rotation, device=device) if rotation else None)
 
-    # float buffers that are part of the stored numbers, not of the compute dtype
-    _EXACT_BUFFERS = ("weight_scales", "weight_tensor_scale", "act_amax", "smooth", "rotation")
-
-    def _apply(self, fn, recurse=True):
-        """`.half()`, `.bfloat16()`, `.to(dtype)` change the compute dtype only (the bias, and
-        the dtype of the dequantized weight, which follows the input): scales, tensor scale,
-        act_amax, smoothing factors and rotation stay float32, exact; devices move as usual."""
-        kept = {n: self._buffers.get(n) for n in self._EXACT_BUFFERS}
-        out = super()._apply(fn, recurse)
-        for n, t in kept.items():
-            new = self._buffers.get(n)
-            if t is not None and new is not None and new.dtype != t.dtype:
-                self._buffers[n] = t.to(device=new.device)
-        return out
+    # float buffers that are part of the stored numbers, not of the compute dtype: `.half()`,
+    # `.bfloat16()`, `.to(dtype)` change only the bias and the dequantized weight's dtype (which
+    # follows the input); these stay float32, exact
+    _EXACT = ("weight_scales", "weight_tensor_scale", "act_amax", "smooth", "rotation")
 
     def _set_weight(self, qt: QuantizedTensor) -> None:
         for name in ("codes", "scales", "tensor_scale", "zero_point"):

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from quantlib.codecs import round_to_format
 from quantlib.nn.calibrate import calibrate_activations, element_scales, fixed_amax
+from quantlib.nn.exact import ExactUnderCasts
 from quantlib.nn.linear import QuantLinear, get_config, static_recipe, supports_static
 from quantlib.qtensor import quantize
 from quantlib.recipes import Recipe, get_recipe
@@ -72,13 +73,16 @@ class _GradScale(torch.autograd.Function):
         return grad * ctx.g, None
 
 
-class LSQQuantizer(nn.Module):
+class LSQQuantizer(ExactUnderCasts):
     """Fake quantization with a learned amax per scale group (LSQ; per tensor or per channel).
 
     s = amax / qmax; forward round(clamp(x / s)) * s exactly as `quantize` computes it for a
     recipe whose calibrator returns this amax; backward: STE for x, LSQ's gradient for amax
     (round(v) - v inside the range, +-qmax outside), scaled by 1 / sqrt(n_per_scale * qmax).
+    The amax stays FP32 under `.half()`/`.bfloat16()`/`.to(dtype)` (the recipe's scale arithmetic).
     """
+
+    _EXACT = ("amax",)
 
     def __init__(self, recipe, amax: torch.Tensor):
         super().__init__()
@@ -118,8 +122,13 @@ class LSQQuantizer(nn.Module):
                                    calibrator=fixed_amax(self.amax.detach().abs().clamp(min=1e-12)))
 
 
-class QATLinear(nn.Linear):
-    """nn.Linear that fake-quantizes its weight (and input) as `config` will in deployment."""
+class QATLinear(ExactUnderCasts, nn.Linear):
+    """nn.Linear that fake-quantizes its weight (and input) as `config` will in deployment.
+
+    A dtype cast changes the weight, bias and compute dtype; the static `act_amax` (and the LSQ
+    amaxes) stay FP32, so the fake-quant grid and `convert`'s scales are the recipe's."""
+
+    _EXACT = ("act_amax",)
 
     def __init__(self, linear: nn.Linear, config, act_amax=None, lsq: bool = False):
         super().__init__(linear.in_features, linear.out_features, linear.bias is not None,
