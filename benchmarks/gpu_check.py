@@ -307,6 +307,28 @@ def check_scaled_mm_agrees(K):
     return fn
 
 
+def check_auto_uses_torch_mm(K, rec, out_dtype):
+    """fp8_scaled_mm(path="auto") on sm_89+ hands per-tensor and per-row products to
+    torch._scaled_mm: the same bits as path="torch" and torch did not refuse the case (its error
+    against float64 is reported, as in check_scaled_mm_agrees)."""
+    def fn():
+        from quantlib.kernels import _torch_mm
+        g = torch.Generator(device=DEV).manual_seed(5)
+        a = K.fp8_quantize(torch.randn(d(512), d(1024), device=DEV, generator=g), rec)
+        b = K.fp8_quantize(torch.randn(d(768), d(1024), device=DEV, generator=g), rec)
+        bias = torch.randn(d(768), device=DEV, generator=g) if rec.endswith("tensor") else None
+        auto = K.fp8_scaled_mm(a, b, bias=bias, out_dtype=out_dtype)
+        forced = K.fp8_scaled_mm(a, b, bias=bias, out_dtype=out_dtype, path="torch")
+        same_bits = torch.equal(auto, forced) and not _torch_mm._REFUSED
+        a64, b64 = a.dequantize().double(), b.dequantize().double()
+        ref = a64 @ b64.T + (0 if bias is None else bias.double())
+        bound = gemm_tolerance(a64, b64, bias, a64.shape[1])
+        r = float(((auto.double() - ref).abs() / bound).max())
+        return same_bits, (f"auto == torch._scaled_mm: {same_bits} (refused: {_torch_mm._REFUSED}); "
+                    f"max err / fp32 bound = {r:.3g}")
+    return fn
+
+
 # ---- benchmarks ----------------------------------------------------------------------------
 def bench_copy(x):
     y = torch.empty_like(x)
@@ -775,6 +797,11 @@ def run_checks(K):
               check_fp8_mm(K, "fp8_e4m3_1x128", "fp8_e4m3_128x128", d(512), d(1024), d(1024),
                            native=False))
     run_check("fp8_scaled_mm vs torch._scaled_mm", check_scaled_mm_agrees(K))
+    if DEV == "cuda" and torch.cuda.get_device_capability() >= (8, 9):
+        run_check("fp8_scaled_mm auto -> torch._scaled_mm per tensor, bias, fp32 out",
+                  check_auto_uses_torch_mm(K, "fp8_e4m3_tensor", torch.float32))
+        run_check("fp8_scaled_mm auto -> torch._scaled_mm per row, bf16 out",
+                  check_auto_uses_torch_mm(K, "fp8_e4m3_rowwise", torch.bfloat16))
     for rec, M in [("nvfp4", 1), ("nvfp4", 16), ("nvfp4", 300), ("nvfp4", 2048), ("mxfp4", 1),
                    ("mxfp4", 2048), ("mxfp8_e4m3", 16), ("mxfp8_e4m3", 2048)]:
         run_check(f"{rec} matmul M={M} N=1536 K=2048", check_w4a16(K, rec, min(M, d(M)), d(1536), d(2048)))

@@ -61,6 +61,45 @@ def test_fp8_scaled_mm(ra, rb, path):
     assert torch.allclose(cb.float(), c, rtol=2.0 ** -8, atol=1e-6)
 
 
+TORCH_CASES = [("fp8_e4m3_tensor", "fp8_e4m3_tensor", True, torch.float32),
+               ("fp8_e5m2_tensor", "fp8_e4m3_tensor", True, torch.bfloat16),
+               ("fp8_e4m3_rowwise", "fp8_e4m3_rowwise", False, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("ra,rb,with_bias,out", TORCH_CASES,
+                         ids=[f"{a}-{b}-{w}" for a, b, w, _ in TORCH_CASES])
+def test_fp8_scaled_mm_through_torch(ra, rb, with_bias, out):
+    """path="torch" (what "auto" takes on an sm_89+ GPU for these scalings): torch._scaled_mm
+    with quantlib's scales laid out as it wants them, the same FP32 contract (bias added in
+    FP32, one rounding), and equal to quantlib's own kernel to the output's precision."""
+    a = K.fp8_quantize(rand(40, 256, seed=1), ra)
+    b = K.fp8_quantize(rand(48, 256, seed=2), rb)
+    bias = rand(48, seed=3) if with_bias else None
+    a64, b64 = a.dequantize().double(), b.dequantize().double()
+    c = K.fp8_scaled_mm(a, b, bias=bias, out_dtype=out, path="torch")
+    assert c.shape == (40, 48) and c.dtype == out
+    ours = K.fp8_scaled_mm(a, b, bias=bias, out_dtype=torch.float32, path="reference")
+    if out == torch.float32:
+        assert within_fp32_bound(c, a64, b64, bias, fp8_mma=FP8_MMA)
+    else:     # one rounding of the FP32 result: within one BF16 ulp of the twin's
+        assert torch.allclose(c.float(), ours, rtol=2.0 ** -8, atol=1e-6)
+
+
+def test_fp8_scaled_mm_torch_refuses_what_it_cannot_take():
+    blk = K.fp8_quantize(rand(32, 256), "fp8_e4m3_1x128")
+    w_blk = K.fp8_quantize(rand(128, 256), "fp8_e4m3_128x128")
+    row = K.fp8_quantize(rand(32, 256), "fp8_e4m3_rowwise")
+    with pytest.raises(ValueError, match="per-tensor or per-row.*path='auto'"):
+        K.fp8_scaled_mm(blk, w_blk, path="torch")
+    with pytest.raises(ValueError, match="BF16 only"):
+        K.fp8_scaled_mm(row, row, bias=rand(32), path="torch")
+    odd = K.fp8_quantize(rand(24, 256), "fp8_e4m3_rowwise")
+    with pytest.raises(ValueError, match="multiples of 16"):
+        K.fp8_scaled_mm(row, odd, path="torch")
+    with pytest.raises(ValueError, match="path"):
+        K.fp8_scaled_mm(row, row, path="cublas")
+
+
 W_CASES = [("nvfp4", 1), ("nvfp4", 20), ("mxfp4", 3), ("mxfp8_e4m3", 17), ("mxfp8_e5m2", 1)]
 
 

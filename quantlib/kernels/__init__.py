@@ -220,7 +220,13 @@ def fp8_scaled_mm(a: QuantizedTensor, b: QuantizedTensor, bias: torch.Tensor | N
                   out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
     """(A * sa) @ (B * sb)^T with FP32 accumulation: A (M, K) and the weight B (N, K) FP8
     QuantizedTensors with per-tensor, per-row, 1x128 or 128x128 scales; optional bias (N,);
-    BF16 or FP32 output. The role torch._scaled_mm plays (FP8 tensor cores on sm_89+)."""
+    BF16 or FP32 output. The role torch._scaled_mm plays (FP8 tensor cores on sm_89+).
+
+    path "auto": on a GPU with FP8 tensor cores (sm_89+), torch._scaled_mm (cuBLASLt) for the
+    scalings it takes (per tensor, or per row with E4M3 and BF16 output), quantlib's Triton
+    kernel for the rest (block scales, the sm_80 emulation); elsewhere as `use_triton` decides.
+    "triton" and "reference" force quantlib's kernel or its twin; "torch" forces
+    torch._scaled_mm (any device torch runs it on)."""
     _check_mm_operand(a, "a")
     _check_mm_operand(b, "b")
     (M, K), (N, Kb) = a.shape, b.shape
@@ -240,6 +246,18 @@ def fp8_scaled_mm(a: QuantizedTensor, b: QuantizedTensor, bias: torch.Tensor | N
     if blockwise and K % 128:
         raise ValueError(f"fp8_scaled_mm: K={K} is not a multiple of the 128-element scale "
                          f"block; pad K to a multiple of 128")
+    from quantlib.kernels import _torch_mm
+    if path == "torch":
+        why = _torch_mm.unsupported(a, b, bias, out_dtype)
+        if why is not None:
+            raise ValueError(f"fp8_scaled_mm(path='torch'): {why}; use path='auto' (Triton "
+                             f"takes every case)")
+        return _torch_mm.scaled_mm(a, b, bias, out_dtype)
+    if path == "auto" and a.codes.is_cuda \
+            and torch.cuda.get_device_capability(a.codes.device) >= (8, 9):
+        y = _torch_mm.try_scaled_mm(a, b, bias, out_dtype)
+        if y is not None:
+            return y
     if not use_triton(a.codes, path):
         return reference.scaled_mm_ref(a, b, bias, out_dtype)
     from quantlib.kernels import _gemm
