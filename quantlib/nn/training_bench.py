@@ -8,12 +8,11 @@ ratio; the table says so. Master weights and AdamW stay FP32 in every run.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from quantlib.table import Table
+from quantlib.timing import time_ms
 
 
 class LinearBlock(nn.Module):
@@ -41,19 +40,6 @@ def layer_stack(d: int = 4096, ffn: int = 14336, n_layers: int = 4, kv: int = 10
     return nn.Sequential(*[LinearBlock(d, ffn, kv) for _ in range(n_layers)])
 
 
-def _median_ms(step, repeats: int, cuda: bool) -> float:
-    times = []
-    for _ in range(repeats + 2):          # 2 warm-up steps (compiles, tuning, amax histories)
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * sorted(times[2:])[repeats // 2]
-
-
 def time_layer_stack(recipes=("fp8_current", "fp8_rowwise", "fp8_block"), device: str = "cuda",
                      d: int = 4096, ffn: int = 14336, seq: int = 4096, batch: int = 2,
                      n_layers: int = 4, repeats: int = 10, kv: int = 1024) -> Table:
@@ -79,7 +65,8 @@ def time_layer_stack(recipes=("fp8_current", "fp8_rowwise", "fp8_block"), device
             y.backward(dy)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        ms = _median_ms(step, repeats, cuda)
+        # 2 warm-up steps (compiles, tuning, amax histories), then the median of `repeats`
+        ms = time_ms(lambda _: step(), repeats, clock="wall", warmup=2)[0]
         del opt
         return ms
 

@@ -2,8 +2,6 @@
 modes on purpose (gradients that underflow, a delayed scale that lags a spike)."""
 from __future__ import annotations
 
-import time
-
 import torch
 
 from quantlib.metrics import qsnr
@@ -17,6 +15,7 @@ from quantlib.nn.training import (
 )
 from quantlib.nn.training_recipes import TrainingRecipe, get_training_recipe
 from quantlib.table import Table
+from quantlib.timing import time_ms
 
 SKIP = ("head",)        # the LM head stays FP32, as in TransformerEngine and torchao setups
 TINY = TinyLMConfig()   # the chapter's model: 2 layers, d=128, context 64
@@ -151,21 +150,14 @@ def delayed_scaling_spike(steps: int = 16, spike_at: int = 8, factor: float = 64
 def _step_ms(model, x, y, repeats: int, autocast: bool = False) -> float:
     """Median wall time (ms) of forward + backward + AdamW step, after 3 warm-up steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    cuda = x.is_cuda
-    times = []
-    for _ in range(repeats + 3):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+
+    def step(_):
         with torch.autocast(x.device.type, torch.bfloat16, enabled=autocast):
             loss = model(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * sorted(times[3:])[repeats // 2]
+    return time_ms(step, repeats, clock="wall", warmup=3)[0]
 
 
 def time_training_step(recipes=("fp32", "bf16", "fp8_current"), device: str = "cuda",
