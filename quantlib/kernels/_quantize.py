@@ -37,12 +37,12 @@ RULES = {"floor": 0, "ceil": 1, "even": 2, "rceil": 3}
 @triton.jit
 def encode_e2m1_fast(y):
     """fp32 -> E2M1 code (RNE, saturating at 6, NaN -> +-0) in ~15 integer ops on the fp32 bits,
-    equal to seven RNE threshold compares on all 2^32 inputs (checked once; the tests sweep the
-    decision points). |y| >= 1: E2M1 keeps one mantissa bit, so add the RNE bias below bit 22
-    (0x1FFFFF plus the kept bit's parity) and shift: (exponent << 1 | m) - (126 << 1) is the code
-    (a carry walks into the exponent by itself: 1.75 -> 2.0). |y| < 1: E2M1's subnormal step is
-    0.5, the ulp of 2^22 in fp32, so the FPU's RNE add |y| + 2^22 rounds to the step and the
-    bits above 2^22's count the steps: 0, 1 or 2 (= 1.0, code 2)."""
+    equal to seven RNE threshold compares on all 2^32 inputs (scripts/check_e2m1_encoder.py;
+    the tests sweep the decision points). |y| >= 1: E2M1 keeps one mantissa bit, so add the RNE
+    bias below bit 22 (0x1FFFFF plus the kept bit's parity) and shift: (exponent << 1 | m) -
+    (126 << 1) is the code (a carry walks into the exponent by itself: 1.75 -> 2.0). |y| < 1:
+    E2M1's subnormal step is 0.5, the ulp of 2^22 in fp32, so the FPU's RNE add |y| + 2^22
+    rounds to the step and the bits above 2^22's count the steps: 0, 1 or 2 (= 1.0, code 2)."""
     b = y.to(tl.int32, bitcast=True)
     a = b & 0x7FFFFFFF
     a = tl.where(a > 0x7F800000, 0, a)                  # NaN: magnitude 0, sign kept
