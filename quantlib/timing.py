@@ -1,4 +1,5 @@
-"""The one timer: benchmarks, the kernels' autotuner and chapter 6's GEMV table all time with it.
+"""The one timer: benchmarks, the kernels' autotuner, the training-step timers and chapter 6's GEMV
+table all time with it.
 
 `time_ms(fn, reps)` returns (ms per call, how). One timed unit is a group of `calls` calls
 fn(0), ..., fn(calls - 1) (fn(i) may pick the i-th of several input copies, so that a working

@@ -195,8 +195,8 @@ def quantize_tile_kernel(x_ptr, q_ptr, s_ptr, ts_ptr, R, K, KP, stride_sr, strid
     Groups are G consecutive elements of a row, or the whole BR x G tile with GROUP_ROWS.
     PACK works on pairs from the start: the tile is two (BR, NG*G/2) halves, elements 2i and
     2i+1, so the byte is lo | hi << 4 with no shuffle. WORD > 0 (K even): x is viewed as words
-    of two elements (`unpack_pair`), one wide load and two shifts give both halves; else the
-    tile is loaded and split."""
+    of two elements (`unpack_pair`): one wide load, then a shift and a mask (BF16) give both
+    halves; else the tile is loaded and split."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r * BR + tl.arange(0, BR)

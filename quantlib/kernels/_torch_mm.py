@@ -6,11 +6,13 @@ for the rest (1x128 and 128x128 block scales, the sm_80 emulation, the interpret
 keeps the same contract: FP32 accumulation (`use_fast_accum=False`: the products are promoted
 to FP32 as the Triton kernel does every 128), then one rounding to the output type.
 
-What torch._scaled_mm takes (torch 2.5 to 2.13, CUDA sm_89+): A (M, K) row-major and B^T
-column-major, i.e. our (N, K) weight transposed as a view; K and N multiples of 16; scales
-FP32, either one per tensor (scalars) for both operands, with any E4M3/E5M2 pair but E5M2 x E5M2,
-or one per row of A (M, 1) and per row of B (1, N), E4M3 both, BF16 output. A bias is added
-here, in FP32 before the one rounding (per tensor: an FP32 result, + bias, then rounded).
+What torch._scaled_mm takes on CUDA sm_89+: A (M, K) row-major and B^T column-major, i.e. our
+(N, K) weight transposed as a view; K and N multiples of 16; FP32 scales, either one per tensor
+(scalars) for both operands, with any E4M3/E5M2 pair but E5M2 x E5M2 (cuBLASLt), or one per row
+of A (M, 1) and per row of B (1, N), E4M3 both, BF16 output (a CUTLASS kernel inside PyTorch, or
+cuBLASLt with CUDA 12.9+ on Hopper; on sm_89 from torch 2.7). A case the installed torch refuses
+falls back to Triton, remembered per case. A bias is added here, in FP32 before the one rounding
+(per tensor: an FP32 result, + bias, then rounded: one extra pass over the output).
 """
 from __future__ import annotations
 
@@ -65,6 +67,6 @@ def try_scaled_mm(a, b, bias, out_dtype) -> torch.Tensor | None:
         return None
     try:
         return scaled_mm(a, b, bias, out_dtype)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:    # TORCH_CHECK / TORCH_CHECK_VALUE
         _REFUSED[key] = str(e)
         return None

@@ -275,9 +275,9 @@ def summarize_stats(stats: list[dict]) -> dict:
 
 
 def _matmul(qa, qb, bias=None, out_dtype=torch.float32) -> torch.Tensor:
-    """a @ b.T (+ bias) summed in FP32, rounded once to `out_dtype`: the FP8 kernel for
-    QuantizedTensors (bias and the BF16 rounding in its epilogue: no extra pass over the
-    output), else the emulation's FP32 matmul."""
+    """a @ b.T (+ bias) summed in FP32, rounded once to `out_dtype`: `fp8_scaled_mm` for
+    QuantizedTensors (quantlib's kernel adds the bias and rounds in its epilogue; on sm_89+
+    torch._scaled_mm takes the per-tensor cases), else the emulation's FP32 matmul."""
     if isinstance(qa, QuantizedTensor):
         from quantlib.kernels import fp8_scaled_mm
         kdt = out_dtype if out_dtype in (torch.float32, torch.bfloat16) else torch.float32
