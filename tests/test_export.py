@@ -260,27 +260,30 @@ ASYM_LOAD = pytest.mark.xfail(strict=True, raises=RuntimeError,
                                      "unpacked on meta: transformers refuses the packed ones")
 
 
-@pytest.mark.parametrize("name", ["int4_g128_bf16",
-                                  pytest.param("int4_g128_asym_bf16", marks=ASYM_LOAD)])
-def test_transformers_loads_int4_bf16_scales_in_bf16(name, llama, tmp_path):
-    """The payoff: a BF16 model with BF16 group scales is served by transformers (BF16) with the
-    logits of quantlib's model bit for bit; the FP32 scales of int4_g128 are rounded to BF16 on
-    load (compressed-tensors makes weight_scale in the model's dtype) and are not."""
+@pytest.mark.parametrize("name,dtype", [
+    ("int4_g128_bf16", torch.bfloat16), ("int4_g128_fp16", torch.float16),
+    pytest.param("int4_g128_asym_bf16", torch.bfloat16, marks=ASYM_LOAD)])
+def test_transformers_loads_int4_half_scales_in_that_dtype(name, dtype, llama, tmp_path):
+    """The payoff: a BF16 (FP16) model with BF16 (FP16) group scales is served by transformers
+    in that dtype with the logits of quantlib's model bit for bit; the FP32 scales of int4_g128
+    are rounded on load (compressed-tensors makes weight_scale in the model's dtype, its
+    lifecycle/initialize.py) and are not."""
     model, ids = llama
     asym = "asym" in name
+    sf = "bf16" if dtype == torch.bfloat16 else "fp16"
     recipe = dataclasses.replace(get_recipe("int4_g128_asym" if asym else "int4_g128"),
-                                 name=name, scale_format="bf16")
-    base = as_served(model, torch.bfloat16)
+                                 name=name, scale_format=sf)
+    base = as_served(model, dtype)
     ours = {}
     for key, r in (("bf16", recipe),
                    ("fp32", dataclasses.replace(recipe, name="fp32", scale_format="fp32"))):
         q = quantize_model(base, QuantConfig(r.name, r), skip=["lm_head"], fuse="auto")
-        hf = load_served(_saved(q, tmp_path / key), dtype=torch.bfloat16)
+        hf = load_served(_saved(q, tmp_path / key, dtype=dtype), dtype=dtype)
         for n in _qlayers(q):
-            assert hf.get_submodule(n).weight.dtype == torch.bfloat16
+            assert hf.get_submodule(n).weight.dtype == dtype
         with torch.no_grad():
             ours[key] = (hf(ids).logits, q(ids).logits)
-    assert ours["bf16"][1].dtype == torch.bfloat16
+    assert ours["bf16"][1].dtype == dtype
     assert torch.equal(*ours["bf16"])
     assert not torch.equal(*ours["fp32"])        # FP32 scales: exact only in an FP32 model
 
