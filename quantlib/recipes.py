@@ -103,7 +103,6 @@ from quantlib.table import Table
 
 GRANULARITIES = ("tensor", "row", "channel", "group", "block2d")
 SCALE_FORMATS = ("fp32", "pow2", "e4m3", "e8m0", "fp16", "bf16")
-HALF_SCALES = {"fp16": "float16", "bf16": "bfloat16"}   # scale format -> torch dtype name
 SCALE_RULES = ("floor", "ceil", "even", "rceil")
 
 
