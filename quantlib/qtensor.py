@@ -2,8 +2,9 @@
 
 A `QuantizedTensor` holds what a checkpoint or a kernel needs: uint8 codes (4-bit codes packed
 two per byte, element 2i in the low nibble; 6-bit codes four per 3 bytes), the stored scales
-(float32, or uint8 E8M0/E4M3 codes), the NVFP4 tensor scale, the zero point of asymmetric INT,
-the recipe, and the original shape and dtype. The arithmetic is the one written out in
+(float32; float16/bfloat16 for the fp16/bf16 scale formats; or uint8 E8M0/E4M3 codes), the
+NVFP4 tensor scale, the zero point of asymmetric INT, the recipe, and the original shape and
+dtype. The arithmetic is the one written out in
 `quantlib.recipes`.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from quantlib.packing import pack_6bit, pack_nibbles, unpack_6bit, unpack_nibble
 from quantlib.recipes import Recipe, get_recipe, padded_last_dim
 from quantlib.scaling import (
     FLT_MAX,
+    HALF_DTYPES,
     blocked,
     compute_scale,
     e8m0_values,
@@ -61,7 +63,7 @@ class QuantizedTensor:
     """Codes + scales (+ tensor scale, zero point) of one tensor under one recipe."""
 
     codes: torch.Tensor                 # uint8 (*shape[:-1], Kp), 4-bit: Kp/2, 6-bit: 3Kp/4
-    scales: torch.Tensor                # float32, or uint8 codes (E8M0 bytes, E4M3 codes)
+    scales: torch.Tensor                # float32 / float16 / bfloat16, or uint8 codes (E8M0, E4M3)
     recipe: Recipe
     shape: torch.Size                   # the original shape (before padding)
     dtype: torch.dtype = torch.float32  # the original dtype
@@ -85,7 +87,8 @@ class QuantizedTensor:
         kp = padded_last_dim(r, sh)
         per_row = {4: -(-kp // 2), 6: 3 * -(-kp // 4)}.get(r.format.bits, kp)
         parts = {"codes": (self.codes, torch.uint8, (*sh[:-1], per_row)),
-                 "scales": (self.scales, torch.uint8 if block_scales else torch.float32,
+                 "scales": (self.scales, torch.uint8 if block_scales else
+                            HALF_DTYPES.get(r.scale_format, torch.float32),
                             tuple(scale_shape(r, sh))),
                  "tensor_scale": (self.tensor_scale, torch.float32, None),
                  "zero_point": (self.zero_point, torch.uint8, tuple(scale_shape(r, sh)))}
@@ -121,7 +124,7 @@ class QuantizedTensor:
             return e8m0_values(self.scales)
         if sf == "e4m3":
             return decode(self.scales, "e4m3")
-        return self.scales
+        return self.scales.to(torch.float32)         # fp16/bf16 -> float32 is exact
 
     def _codes_unpacked(self) -> torch.Tensor:
         kp = padded_last_dim(self.recipe, tuple(self.shape) or (1,))

@@ -28,6 +28,13 @@ multiplies by r = the float32 reciprocal of s, never divides.
 3. Scale, by `scale_format`:
    fp32:  s = fl(amax / qmax); if amax == 0 or s == 0: s = 1.
           r = min(fl(1 / s), FLT_MAX).
+   fp16, bf16 (the FP16 scales of GPTQ/AWQ checkpoints; compressed-tensors stores the model's
+          dtype): s32 = the s of the fp32 rule (asymmetric INT: of step 4's rule);
+          s = s32 rounded once to FP16/BF16 (RNE); s rounding beyond the format's max saturates
+          to it (FP16 65504, BF16 3.3895e38), so values beyond qmax * 65504 then clip to the end
+          codes, as under NVFP4's saturating E4M3 block scale; s == 0 (s32 at most half the
+          smallest subnormal: FP16 2^-25, BF16 2^-134) -> s = 1; NaN stays NaN.
+          r = min(fl(1 / float32(s)), FLT_MAX) (float32(s) is exact). Stored: s, float16/bfloat16.
    pow2:  d = fl(amax / qmax); k = ceil(log2(d)) exactly (from d's bits: frexp); k = clamp(k,
           -126, 127); d == 0 with amax > 0 gives k = -126; amax == 0 gives k = 0.
           s = 2^k, r = 2^-k (both exact). Rounding the scale up means nothing saturates.
@@ -62,6 +69,7 @@ multiplies by r = the float32 reciprocal of s, never divides.
    Asymmetric INT (element uint8 / uint4, with a zero point z, as GPTQ/AWQ):
           lo = min(min(x), 0), hi = max(max(x), 0) per group; qmax = 2^b - 1;
           s = fl(fl(hi - lo) / qmax); if s == 0: s = 1; r = min(fl(1 / s), FLT_MAX)
+          (scale_format fp16/bf16: s rounded as in step 3 before r and z are taken)
           z = clamp(round(fl(-lo * r)), 0, qmax);  q = clamp(round(fl(x * r)) + z, 0, qmax)
           where round is torch.round (to nearest even), the integer rounding GPTQ and AWQ use.
    Codes are uint8; 4-bit codes are packed two per byte along the last dimension, element 2i in
@@ -69,15 +77,16 @@ multiplies by r = the float32 reciprocal of s, never divides.
    3 bytes, c0 | c1 << 6 | c2 << 12 | c3 << 18 little-endian (`quantlib.packing.pack_6bit`; MX
    blocks of 32 fill whole quads, other last dimensions get zero codes up to a multiple of 4).
 
-5. Non-finite input: a group whose amax is NaN or Inf gets a NaN scale (fp32/pow2: NaN; e8m0:
-   0xFF; e4m3: code 0x7F and, since the tensor amax is then non-finite too, a NaN tensor scale)
-   and element codes 0: every element that shares a scale with a NaN or Inf dequantizes to NaN.
+5. Non-finite input: a group whose amax is NaN or Inf gets a NaN scale (fp32, fp16, bf16, pow2:
+   NaN; e8m0: 0xFF; e4m3: code 0x7F and, since the tensor amax is then non-finite too, a NaN
+   tensor scale) and element codes 0: every element that shares a scale with a NaN or Inf dequantizes to NaN.
    For per-tensor scales and NVFP4 (one tensor scale) that is the whole tensor.
 
 6. Dequantization (float32, then cast to the requested dtype):
-   fp32, pow2, e8m0:  x = fl(decode(q) * s)   (MX INT8: fl(fl(decode(q) * 2^-6) * s))
-   e4m3:              x = fl(decode(q) * fl(decode(code_b) * s_t))
-   asymmetric:        x = fl(fl(q - z) * s)
+   fp32, fp16, bf16, pow2, e8m0:  x = fl(decode(q) * s)   (s as float32: exact from fp16/bf16)
+                                  (MX INT8: fl(fl(decode(q) * 2^-6) * s))
+   e4m3:                          x = fl(decode(q) * fl(decode(code_b) * s_t))
+   asymmetric:                    x = fl(fl(q - z) * s)
 
 Empty tensors quantize to empty codes (scales of the shape the rules give, fp32 scales 1).
 """
@@ -93,7 +102,7 @@ from quantlib.scaling import scale_shape
 from quantlib.table import Table
 
 GRANULARITIES = ("tensor", "row", "channel", "group", "block2d")
-SCALE_FORMATS = ("fp32", "pow2", "e4m3", "e8m0")
+SCALE_FORMATS = ("fp32", "pow2", "e4m3", "e8m0", "fp16", "bf16")
 SCALE_RULES = ("floor", "ceil", "even", "rceil")
 
 
@@ -152,9 +161,9 @@ class Recipe:
             raise ValueError(f"E8M0 scales serve MX elements: FP8/FP6/FP4 or INT8 (MXINT8); "
                              f"{fmt.title} has no MX fixed-point definition: use "
                              f"scale_format='pow2' (power-of-two FP32 scale) or 'fp32'")
-        if self.asymmetric and self.scale_format != "fp32":
-            raise ValueError(f"asymmetric {fmt.title} (zero point) uses fp32 scales, "
-                             f"not {self.scale_format}")
+        if self.asymmetric and self.scale_format not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"asymmetric {fmt.title} (zero point) uses fp32, fp16 or bf16 "
+                             f"scales, not {self.scale_format}")
 
     @property
     def format(self):
@@ -180,7 +189,8 @@ class Recipe:
         per_row = {4: -(-kp // 2), 6: 3 * -(-kp // 4)}.get(self.format.bits, kp)   # packed
         code_bytes = rows * per_row
         n_scales = math.prod(scale_shape(self, shape))
-        scale_bytes = n_scales * (1 if self.scale_format in ("e8m0", "e4m3") else 4)
+        scale_bytes = n_scales * {"e8m0": 1, "e4m3": 1, "fp16": 2, "bf16": 2}.get(
+            self.scale_format, 4)
         extra = (4 if self.scale_format == "e4m3" else 0) + (n_scales if self.asymmetric else 0)
         return 8 * (code_bytes + scale_bytes + extra) / n
 
@@ -233,6 +243,10 @@ _RECIPES += [
            description="INT4 symmetric, FP32 scale amax/7 per group of 128 (GPTQ/AWQ grouping)"),
     Recipe("int4_g128_asym", "uint4", "group", 128,
            description="INT4 asymmetric (UINT4 codes + zero point) per group of 128"),
+    Recipe("int4_g128_fp16", "int4", "group", 128, scale_format="fp16",
+           description="INT4 symmetric, FP16 scale per group of 128 (GPTQ's stored layout)"),
+    Recipe("int4_g128_asym_fp16", "uint4", "group", 128, scale_format="fp16",
+           description="INT4 asymmetric, FP16 scale + zero point per group of 128 (AWQ's scales)"),
     Recipe("int4_g64", "int4", "group", 64, description="INT4 symmetric, group of 64"),
     Recipe("int4_g32", "int4", "group", 32, description="INT4 symmetric, group of 32"),
 ]

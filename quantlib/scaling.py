@@ -206,6 +206,24 @@ def fp32_scale(amax: torch.Tensor, qmax: float, nonfinite: str = "raise"):
     return s, torch.clamp(1.0 / s, max=FLT_MAX)
 
 
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def half_scale(s: torch.Tensor, scale_format: str):
+    """An FP32 scale s rounded once (RNE) to FP16/BF16 ("fp16"/"bf16"): beyond the format's
+    max it saturates to the max (FP16 65504), a scale that rounds to 0 becomes 1, NaN stays NaN.
+    Returns (s_half in float16/bfloat16, r = min(1 / float32(s_half), FLT_MAX))."""
+    if scale_format not in HALF_DTYPES:
+        raise ValueError(f"half_scale: scale_format {scale_format!r}: use 'fp16' or 'bf16'")
+    dt = HALF_DTYPES[scale_format]
+    s = s.to(torch.float32)
+    h = s.to(dt)                      # RNE; overflow gives Inf, saturated next
+    h = torch.where(torch.isinf(h) & torch.isfinite(s),
+                    torch.tensor(torch.finfo(dt).max, dtype=dt, device=h.device).copysign(h), h)
+    h = torch.where(h == 0, torch.ones_like(h), h)
+    return h, torch.clamp(1.0 / h.to(torch.float32), max=FLT_MAX)
+
+
 def pow2_scale(amax: torch.Tensor, qmax: float, nonfinite: str = "raise"):
     """s = 2^ceil(log2(amax / qmax)), k clamped to [-126, 127]; amax == 0 gives s = 1.
     A negative amax is refused; a NaN/Inf one too unless nonfinite="nan" (see `check_amax`)."""
@@ -280,9 +298,12 @@ def nvfp4_scale(amax_b: torch.Tensor, amax_t: torch.Tensor, qmax: float,
     return code_b, s_t, t_b, torch.clamp(1.0 / t_b, max=FLT_MAX)
 
 
-def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float, nonfinite: str = "raise"):
+def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float, nonfinite: str = "raise",
+               scale_format: str = "fp32"):
     """Asymmetric INT scale and zero point from a group's range [min(x, 0), max(x, 0)].
-    NaN/Inf bounds are refused unless nonfinite="nan" (quantize marks those groups bad)."""
+    NaN/Inf bounds are refused unless nonfinite="nan" (quantize marks those groups bad).
+    scale_format "fp16"/"bf16": s is rounded to that format (`half_scale`) before r and the
+    zero point are taken from it, and returned in that dtype."""
     qmax = _check_qmax(qmax)
     for name, t in (("lo", lo), ("hi", hi)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
@@ -295,7 +316,12 @@ def asym_scale(lo: torch.Tensor, hi: torch.Tensor, qmax: float, nonfinite: str =
                        (hi.double() - lo.double()).clamp(max=FLT_MAX).float(), span)
     s = div(span, qmax)
     s = torch.where(s == 0, torch.ones_like(s), s)
-    r = torch.clamp(1.0 / s, max=FLT_MAX)
+    if scale_format in HALF_DTYPES:
+        s, r = half_scale(s, scale_format)
+    elif scale_format == "fp32":
+        r = torch.clamp(1.0 / s, max=FLT_MAX)
+    else:
+        raise ValueError(f"asym_scale: scale_format {scale_format!r}: use fp32, fp16 or bf16")
     z = torch.round(-lo * r).clamp(0, qmax)
     return s, r, z
 
@@ -336,11 +362,11 @@ def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
             lo = hi = torch.zeros(keep, dtype=torch.float32, device=xb.device)
         else:
             lo, hi = xb.amin(dims, keepdim=True), xb.amax(dims, keepdim=True)
-        s, r, z = asym_scale(lo, hi, qmax, nonfinite="nan")
+        s, r, z = asym_scale(lo, hi, qmax, nonfinite="nan", scale_format=recipe.scale_format)
         bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
-        s = torch.where(bad, float("nan"), s)
+        s = torch.where(bad, torch.tensor(float("nan"), dtype=s.dtype, device=s.device), s)
         z = torch.where(bad, 0.0, z)
-        out.update(scales=s, s=s, r=r, bad=bad, zero_point=z.to(torch.uint8))
+        out.update(scales=s, s=s.to(torch.float32), r=r, bad=bad, zero_point=z.to(torch.uint8))
         return out
     amax = group_amax(xb, dims, recipe.calibrator)
     bad = ~torch.isfinite(amax)
@@ -349,6 +375,11 @@ def compute_scale(xb: torch.Tensor, dims, recipe) -> dict:
         s, r = fp32_scale(amax, qmax, nonfinite="nan")
         s = torch.where(bad, float("nan"), s)
         out.update(scales=s, s=s, r=r)
+    elif sf in HALF_DTYPES:
+        s, _ = fp32_scale(amax, qmax, nonfinite="nan")
+        h, r = half_scale(s, sf)
+        h = torch.where(bad, torch.tensor(float("nan"), dtype=h.dtype, device=h.device), h)
+        out.update(scales=h, s=h.to(torch.float32), r=r)
     elif sf == "pow2":
         s, r = pow2_scale(amax, qmax, nonfinite="nan")
         s = torch.where(bad, float("nan"), s)

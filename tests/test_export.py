@@ -32,13 +32,16 @@ from quantlib.recipes import RECIPES, get_recipe  # noqa: E402
 FP8_BLOCK = dataclasses.replace(get_recipe("fp8_e4m3_128x128"), pad=True)
 W8A8_STATIC = QuantConfig("w8a8_fp8_static", RECIPES["fp8_e4m3_tensor"],
                           RECIPES["fp8_e4m3_tensor"])
+INT4_G128_BF16 = dataclasses.replace(get_recipe("int4_g128"), name="int4_g128_bf16",
+                                     scale_format="bf16")
 # config name -> (config, needs calibration)
 SCHEMES = {
     "nvfp4a16": "nvfp4", "nvfp4_w4a4": "nvfp4_w4a4", "mxfp4a16": "mxfp4",
     "mxfp8a16": "mxfp8", "fp8_channel": "fp8", "fp8_dynamic": "w8a8_fp8",
     "fp8_static": W8A8_STATIC, "fp8_block": FP8_BLOCK, "int4_g32": "int4_g32",
     "int4_g64": "int4_g64", "int4_g128": "int4_g128", "int4_g128_asym": "int4_g128_asym",
-    "int4_channel": "int4_channel",
+    "int4_channel": "int4_channel", "int4_g128_fp16": "int4_g128_fp16",
+    "int4_g128_asym_fp16": "int4_g128_asym_fp16", "int4_g128_bf16": INT4_G128_BF16,
 }
 
 
@@ -187,7 +190,8 @@ def test_modelopt_fp8_and_fp8_block_round_trip(quantized, llama, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["nvfp4a16", "fp8_channel", "int4_g128", "int4_g128_asym",
-                                  "mxfp8a16"])
+                                  "mxfp8a16", "int4_g128_fp16", "int4_g128_asym_fp16",
+                                  "int4_g128_bf16"])
 def test_reads_checkpoint_written_by_compressed_tensors(name, quantized, tmp_path):
     """compressed-tensors' compressors quantize quantlib's dequantized weights with quantlib's
     scales; load_checkpoint reads the same codes back."""
@@ -225,6 +229,63 @@ def test_reads_checkpoint_written_by_compressed_tensors(name, quantized, tmp_pat
         assert torch.equal(ck[n].scales, m.qweight.scales), n
         if name != "nvfp4a16":         # NVFP4: the tensor scale comes back as 1/(1/s_t)
             assert torch.equal(ck[n].dequantize(), m.qweight.dequantize()), n
+
+
+@pytest.mark.parametrize("name,dtype", [("int4_g128_fp16", torch.float16),
+                                        ("int4_g128_asym_fp16", torch.float16),
+                                        ("int4_g128_bf16", torch.bfloat16)])
+def test_half_scales_are_stored_as_they_are(name, dtype, quantized, llama, tmp_path):
+    """FP16/BF16 scales go into weight_scale unchanged (scale_dtype in the scheme) and come
+    back to the same recipe."""
+    q = quantized(name)
+    path = _saved(q, tmp_path)
+    config, tensors = read_folder(path)
+    w = config["quantization_config"]["config_groups"]["group_0"]["weights"]
+    assert w["scale_dtype"] == str(dtype)
+    ck = load_checkpoint(path)
+    for n, m in _qlayers(q).items():
+        t = tensors[f"{n}.weight_scale"]
+        assert t.dtype == dtype
+        assert torch.equal(t.view(torch.int16), m.qweight.scales.view(torch.int16))
+        assert ck[n].recipe.scale_format == m.qweight.recipe.scale_format
+        assert ck[n].recipe.name == m.qweight.recipe.name
+
+
+# compressed-tensors 0.20.1, compressors/pack_quantized/base.py `compress`: its meta-device
+# branch (the one transformers' loader runs to shape the model) returns before packing the zero
+# point, so the model expects weight_zero_point [N, G] while every pack-quantized checkpoint
+# (its own compressor's too) holds the packed [N/8, G]: asymmetric INT4 does not load
+ASYM_LOAD = pytest.mark.xfail(strict=True, raises=RuntimeError,
+                              reason="compressed-tensors 0.20.1 shapes asymmetric zero points "
+                                     "unpacked on meta: transformers refuses the packed ones")
+
+
+@pytest.mark.parametrize("name,dtype", [
+    ("int4_g128_bf16", torch.bfloat16), ("int4_g128_fp16", torch.float16),
+    pytest.param("int4_g128_asym_bf16", torch.bfloat16, marks=ASYM_LOAD)])
+def test_transformers_loads_int4_half_scales_in_that_dtype(name, dtype, llama, tmp_path):
+    """The payoff: a BF16 (FP16) model with BF16 (FP16) group scales is served by transformers
+    in that dtype with the logits of quantlib's model bit for bit; the FP32 scales of int4_g128
+    are rounded on load (compressed-tensors makes weight_scale in the model's dtype, its
+    lifecycle/initialize.py) and are not."""
+    model, ids = llama
+    asym = "asym" in name
+    sf = "bf16" if dtype == torch.bfloat16 else "fp16"
+    recipe = dataclasses.replace(get_recipe("int4_g128_asym" if asym else "int4_g128"),
+                                 name=name, scale_format=sf)
+    base = as_served(model, dtype)
+    ours = {}
+    for key, r in (("bf16", recipe),
+                   ("fp32", dataclasses.replace(recipe, name="fp32", scale_format="fp32"))):
+        q = quantize_model(base, QuantConfig(r.name, r), skip=["lm_head"], fuse="auto")
+        hf = load_served(_saved(q, tmp_path / key, dtype=dtype), dtype=dtype)
+        for n in _qlayers(q):
+            assert hf.get_submodule(n).weight.dtype == dtype
+        with torch.no_grad():
+            ours[key] = (hf(ids).logits, q(ids).logits)
+    assert ours["bf16"][1].dtype == dtype
+    assert torch.equal(*ours["bf16"])
+    assert not torch.equal(*ours["fp32"])        # FP32 scales: exact only in an FP32 model
 
 
 def _plus_zero(codes):

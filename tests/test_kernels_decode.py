@@ -19,9 +19,12 @@ pytestmark = pytest.mark.skipif(DEV == "cuda", reason="interpreter-sized configs
 
 UINT4_G32 = Recipe("uint4_g32_test", "uint4", "group", 32, description="asymmetric, g32")
 UINT4_G64 = Recipe("uint4_g64_test", "uint4", "group", 64, description="asymmetric, g64")
+INT4_G64_BF16 = Recipe("int4_g64_bf16_test", "int4", "group", 64, scale_format="bf16")
+INT4_CH_FP16 = Recipe("int4_channel_fp16_test", "int4", "channel", scale_format="fp16")
+HALF = ["int4_g128_fp16", "int4_g128_asym_fp16", INT4_G64_BF16, INT4_CH_FP16]
 RECIPES = ["nvfp4", "mxfp4", "mxfp8_e4m3", "mxfp8_e5m2", "fp8_e4m3_rowwise", "fp8_e4m3_tensor",
            "fp8_e5m2_rowwise", "int8_channel", "int4_channel", "int4_g32", "int4_g64",
-           "int4_g128", "int4_g128_asym", UINT4_G32, UINT4_G64]
+           "int4_g128", "int4_g128_asym", UINT4_G32, UINT4_G64] + HALF
 
 
 def rid(r):
@@ -44,8 +47,8 @@ def random_codes(recipe, N, Kd, seed):
         s = torch.randint(0x08, 0x7E, s.shape, generator=g, dtype=torch.uint8)
     elif r.scale_format == "e8m0":
         s = torch.randint(100, 150, s.shape, generator=g, dtype=torch.uint8)
-    else:
-        s = torch.randn(s.shape, generator=g).abs() + 0.01
+    else:                                            # fp16/bf16 scales stay in their dtype
+        s = (torch.randn(s.shape, generator=g).abs() + 0.01).to(s.dtype)
     zp = None if qt.zero_point is None else torch.randint(
         0, 16, qt.zero_point.shape, generator=g, dtype=torch.uint8)
     return QuantizedTensor(codes=codes, scales=s, recipe=r, shape=qt.shape,
@@ -87,7 +90,8 @@ def test_decoded_weights_bit_exact(recipe, dot):
         assert torch.equal(y.nan_to_num(), want.nan_to_num()), (k0, cfg)
 
 
-EVERY = [(r, M) for M in (1, 12) for r in RECIPES if r not in ("fp8_e5m2_rowwise", "int4_g64")]
+EVERY = [(r, M) for M in (1, 12) for r in RECIPES
+         if r not in ("fp8_e5m2_rowwise", "int4_g64", INT4_G64_BF16, INT4_CH_FP16)]
 EVERY += [("nvfp4", 3), ("int4_g128_asym", 3), ("mxfp8_e4m3", 3)]
 
 
@@ -116,7 +120,8 @@ def test_decode_mm_every_config(recipe, M):
     assert not dw.locks.any()                   # the last program reset its lock
 
 
-@pytest.mark.parametrize("recipe", ["int4_g128", "int4_g128_asym", "int4_g32", "int4_channel"])
+@pytest.mark.parametrize("recipe", ["int4_g128", "int4_g128_asym", "int4_g32", "int4_channel",
+                                    "int4_g128_fp16"])
 @pytest.mark.parametrize("M", [1, 5, 20])
 @pytest.mark.parametrize("path", ["triton", "reference"])
 def test_int4_matmul(recipe, M, path):
@@ -268,3 +273,21 @@ def test_quant_linear_keeps_its_decode_layout(monkeypatch):
     with pytest.warns(UserWarning, match="warm up first"):
         assert isinstance(decode_weight(fresh), QuantizedTensor)
     assert "_decode_cache" not in fresh.__dict__
+
+
+@pytest.mark.parametrize("recipe", ["int4_g128_fp16", "int4_g128_asym_fp16"])
+def test_quant_linear_half_scales_on_the_decode_kernel(recipe):
+    """FP16 group scales reach the kernel as FP32, exactly: the layout's scales are the stored
+    ones converted, and QuantLinear's kernel GEMM is within the FP32 bound of its weight."""
+    from torch import nn
+
+    from quantlib.nn.linear import QuantLinear, decode_weight, kernel_gemm
+    torch.manual_seed(0)
+    q = QuantLinear.from_linear(nn.Linear(256, 32), recipe)
+    assert q.weight_scales.dtype == torch.float16
+    dw = decode_weight(q)
+    assert dw.scales.dtype == torch.float32
+    assert torch.equal(dw.scales, q.weight_scales.float().reshape(32, -1).t())
+    x = rand(3, 256, seed=8).to(torch.bfloat16).float()
+    y = kernel_gemm(q, x, path="triton")
+    assert within_fp32_bound(y, x.double(), q.qweight.dequantize().double(), q.bias.detach())

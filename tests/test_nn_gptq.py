@@ -9,7 +9,8 @@ from quantlib.nn import gptq_quantize, hessian, quantize_model
 from quantlib.nn.calibrate import mse_calibrator
 from quantlib.qtensor import quantize
 
-RECIPES = ["int4_channel", "int4_g128", "int4_g128_asym", "nvfp4", "mxfp4", "mxint8",
+RECIPES = ["int4_channel", "int4_g128", "int4_g128_asym", "int4_g128_fp16", "int4_g128_asym_fp16",
+           "nvfp4", "mxfp4", "mxint8",
            "fp8_e4m3_rowwise"]
 
 

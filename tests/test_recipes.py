@@ -54,7 +54,7 @@ def test_unknown_name_lists_the_valid_ones():
     ({"granularity": "group", "block": None}, "positive int"),
     ({"granularity": "block2d", "block": 128}, r"\(rows, cols\)"),
     ({"scale_format": "e8m0"}, "block scales"),
-    ({"scale_format": "fp16"}, "scale_format"),
+    ({"scale_format": "fp8"}, "scale_format"),
     ({"granularity": "group", "block": 32, "scale_rule": "up"}, "scale_rule"),
     ({"element": "uint4", "granularity": "group", "block": 32, "scale_format": "e8m0"}, "zero point"),
     ({"element": "e8m0"}, "scale format"),

@@ -15,7 +15,9 @@ Per quantized layer (nn.Linear layout [N, K]):
   channel, [ceil(N/128), ceil(K/128)] block), a MULTIPLIER; input_scale [1] when static.
 - INT4 (`pack-quantized`): weight_packed int32 [N, K/8], element i in bits 4i..4i+3 of its
   word, stored as q + 8 (so a byte holds elements 2i, 2i+1 low nibble first, each XOR 8 of its
-  two's-complement nibble); weight_scale [N, K/group]; weight_shape int64 [2];
+  two's-complement nibble); weight_scale [N, K/group] float32, or float16/bfloat16 as stored
+  by the fp16/bf16 scale formats (scale_dtype in the scheme; read back to the same recipe);
+  weight_shape int64 [2];
   weight_zero_point (asymmetric) stored as zp + 8, packed the same way along dim 0
   (int32 [N/8, K/group]).
 KV cache (`kv_cache.py`): `kv_cache_scheme` FP8 per tensor, static; <attn>.k_scale, v_scale [1].
@@ -34,6 +36,7 @@ from quantlib.recipes import RECIPES, Recipe
 from quantlib.scaling import fp32_scale, nvfp4_scale
 
 E4M3 = "torch.float8_e4m3fn"
+HALF_SCALE_DTYPES = {"fp16": "torch.float16", "bf16": "torch.bfloat16"}
 
 
 def _args(**kw) -> dict:
@@ -71,16 +74,17 @@ def weight_scheme(r: Recipe, shape) -> tuple[str, dict]:
         if g == "block2d":
             return "float-quantized", _args(strategy="block", block_structure=list(r.block))
         return "float-quantized", _args(strategy="tensor" if g == "tensor" else "channel")
-    if el in ("int4", "uint4") and sf == "fp32" and (g == "group" or (
+    if el in ("int4", "uint4") and sf in ("fp32", "fp16", "bf16") and (g == "group" or (
             g == "channel" and r.axis in (0, -2))):
         need(r.block if g == "group" else 8)
         need(8)
         if n % 8 and el == "uint4":
             raise ValueError(f"asymmetric INT4 weight of shape {tuple(shape)}: the packed zero "
                              f"points need out_features divisible by 8")
+        half = {"scale_dtype": HALF_SCALE_DTYPES[sf]} if sf in HALF_SCALE_DTYPES else {}
         return "pack-quantized", _args(num_bits=4, type="int", symmetric=el == "int4",
                                        group_size=r.block if g == "group" else None,
-                                       strategy=g)
+                                       strategy=g, **half)
     raise ValueError(f"weight recipe {r.name!r} has no compressed-tensors scheme here: export "
                      f"NVFP4, MXFP4, MXFP8 (E4M3), FP8 E4M3 (tensor, row, 128x128) or INT4 "
                      f"(group, channel; symmetric or asymmetric) weights")
@@ -174,7 +178,9 @@ def layer_tensors(layer, fmt: str, input_amax=None) -> dict:
             out["input_scale"] = fp32_scale(layer.act_amax.float().reshape(1), 448.0)[0]
     elif fmt == "pack-quantized":
         out["weight_packed"] = pack_int4(qt.codes, qt.zero_point is None)
-        out["weight_scale"] = qt.scales.float().reshape(n, -1).contiguous()
+        sc = qt.scales if qt.scales.dtype in (torch.float16, torch.bfloat16) else \
+            qt.scales.float()             # half scales go as stored: they encoded the codes
+        out["weight_scale"] = sc.reshape(n, -1).contiguous()
         out["weight_shape"] = torch.tensor([n, k], dtype=torch.int64)
         if qt.zero_point is not None:
             out["weight_zero_point"] = pack_zero_point(qt.zero_point.reshape(n, -1))
@@ -245,8 +251,10 @@ def _group_of(name: str, groups: dict) -> dict:
     return hits[0]
 
 
-def recipe_of(w: dict, shape) -> Recipe:
-    """The quantlib recipe of a compressed-tensors weights scheme."""
+def recipe_of(w: dict, shape, scale_dtype=None) -> Recipe:
+    """The quantlib recipe of a compressed-tensors weights scheme; for INT4, `scale_dtype` (the
+    dtype of the stored weight_scale) torch.float16/bfloat16 selects the fp16/bf16 scale
+    format, so the scales that encoded the codes are kept as they are."""
     bits, typ, strat = w["num_bits"], w["type"], w["strategy"]
     gs = w.get("group_size")
     if typ == "float" and bits == 4 and gs == 16:
@@ -262,11 +270,13 @@ def recipe_of(w: dict, shape) -> Recipe:
         return RECIPES["fp8_e4m3_tensor" if strat == "tensor" else "fp8_e4m3_rowwise"]
     if typ == "int" and bits == 4 and strat in ("group", "channel"):
         el = "int4" if w.get("symmetric", True) else "uint4"
+        sf = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(scale_dtype, "fp32")
+        tail = "" if sf == "fp32" else f"_{sf}"
         if strat == "channel":
-            return Recipe("int4_channel" + ("" if el == "int4" else "_asym"), el, "channel",
-                          axis=0)
-        name = f"int4_g{gs}" + ("" if el == "int4" else "_asym")
-        return RECIPES.get(name) or Recipe(name, el, "group", gs)
+            return Recipe("int4_channel" + ("" if el == "int4" else "_asym") + tail, el,
+                          "channel", axis=0, scale_format=sf)
+        name = f"int4_g{gs}" + ("" if el == "int4" else "_asym") + tail
+        return RECIPES.get(name) or Recipe(name, el, "group", gs, scale_format=sf)
     raise ValueError(f"compressed-tensors weights {w} are not a scheme quantlib reads "
                      f"(NVFP4, MXFP4, MXFP8, FP8 tensor/channel/block, INT4 group/channel)")
 
@@ -289,13 +299,14 @@ def read(config: dict, tensors: dict) -> dict:
                     raise ValueError(f"{m}: weight_g_idx puts columns in groups out of order "
                                      f"(GPTQ act-order with dynamic groups); a QuantizedTensor "
                                      f"holds contiguous groups only")
-            r = recipe_of(w, (n, k))
+            r = recipe_of(w, (n, k), sc.dtype)
             codes = unpack_int4(tensors[f"{m}.weight_packed"], w.get("symmetric", True))
             codes = codes[:, :(k + 1) // 2]
             zp = tensors.get(f"{m}.weight_zero_point")
             zp = None if zp is None else unpack_zero_point(zp)[:n].to(torch.uint8)
             shape = torch.Size((n, k))
-            qt = QuantizedTensor(codes, sc.float().reshape(_sshape(r, shape)), r, shape,
+            sc = sc if r.scale_format in HALF_SCALE_DTYPES else sc.float()
+            qt = QuantizedTensor(codes, sc.reshape(_sshape(r, shape)), r, shape,
                                  torch.bfloat16, zero_point=None if zp is None else
                                  zp.reshape(_sshape(r, shape)))
         elif f"{m}.weight_packed" in tensors:

@@ -77,8 +77,10 @@ _KERNEL_ELEMENTS = ("e4m3", "e5m2", "e2m1", "e2m3", "e3m2")
 
 def _kernel_ok(r) -> bool:
     """Recipes the Triton kernels cover; the rest (INT elements, channel axis, calibrators, odd
-    blocks) run the reference."""
+    blocks, FP16/BF16 scales) run the reference."""
     if r.element not in _KERNEL_ELEMENTS or r.asymmetric or r.mx_int8:
+        return False
+    if r.scale_format not in ("fp32", "pow2", "e8m0", "e4m3"):
         return False
     if r.calibrator is not None or r.granularity == "channel":
         return False
@@ -500,8 +502,9 @@ def int4_matmul(x: torch.Tensor, w, bias: torch.Tensor | None = None,
                 out_dtype=torch.bfloat16, path: str = "auto") -> torch.Tensor:
     """x @ dequantize(w)^T for an INT4 weight w (N, K) and BF16 activations x (..., K): the
     W4A16 GEMM of GPTQ/AWQ-style checkpoints. w: a QuantizedTensor (or its `decode_layout`)
-    with INT4 codes and FP32 scales per group of 32/64/128/256 (symmetric), UINT4 codes with a
-    zero point per group (asymmetric, w = (q - z) * s), or INT4 with one scale per output row.
+    with INT4 codes and FP32 (or FP16/BF16) scales per group of 32/64/128/256 (symmetric), UINT4
+    codes with a zero point per group (asymmetric, w = (q - z) * s), or INT4 with one scale per
+    output row.
     FP32 accumulation; BF16 or FP32 output."""
     int4 = lambda r: (decode_kind(r) or ("",))[0].startswith(("int4", "uint4"))
     return _weight_mm(x, w, bias, out_dtype, path, {"int4": int4}, "int4_matmul")

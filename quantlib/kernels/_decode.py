@@ -46,7 +46,8 @@ from quantlib.kernels.dispatch import quiet
 
 # W_FMT: 0 E2M1, 1 E4M3, 2 E5M2, 3 INT4, 4 UINT4 with zero point, 5 INT8
 # S_FMT: 0 E4M3 block scale (x tensor scale), 1 E8M0, 2 none (per row/tensor on the
-#        accumulator), 3 FP32 block scale
+#        accumulator), 3 FP32 block scale (FP16/BF16 scales converted to FP32 by
+#        decode_layout, exactly)
 BITS = {0: 4, 1: 8, 2: 8, 3: 4, 4: 4, 5: 8}
 REBIAS = {0: 16384.0, 1: 256.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}
 
@@ -221,11 +222,11 @@ def decode_kind(r):
         if sf == "e8m0" and r.block == 32 and e in ("e2m1", "e4m3", "e5m2"):
             return {"e2m1": "mxfp4", "e4m3": "mxfp8_e4m3", "e5m2": "mxfp8_e5m2"}[e], \
                 {"e2m1": 0, "e4m3": 1, "e5m2": 2}[e], 1, 32
-        if sf == "fp32" and e in ("int4", "uint4") and r.block >= 32:
+        if sf in ("fp32", "fp16", "bf16") and e in ("int4", "uint4") and r.block >= 32:
             return f"{e}_g{r.block}", 3 if e == "int4" else 4, 3, r.block
         return None
     per_row = g in ("tensor", "row") or (g == "channel" and r.axis in (0, -2))
-    if per_row and sf in ("fp32", "pow2") and e in ("e4m3", "e5m2", "int8", "int4"):
+    if per_row and sf in ("fp32", "pow2", "fp16", "bf16") and e in ("e4m3", "e5m2", "int8", "int4"):
         return f"{e}_{'tensor' if g == 'tensor' else 'row'}", \
             {"e4m3": 1, "e5m2": 2, "int8": 5, "int4": 3}[e], 2, 0
     return None
@@ -240,7 +241,7 @@ def decode_layout(qt) -> DecodeWeight:
     if spec is None:
         raise ValueError(f"recipe {qt.recipe.name!r} has no decode kernel: use NVFP4, MXFP4, "
                          f"MXFP8, FP8 or INT8 per row/tensor, INT4 per row or per group "
-                         f"(32..256, fp32 scales, optional zero point)")
+                         f"(32..256, fp32/fp16/bf16 scales, optional zero point)")
     kind, w_fmt, s_fmt, group = spec
     if len(qt.shape) != 2:
         raise ValueError(f"decode_layout takes a 2-D (N, K) weight, got {tuple(qt.shape)}")
@@ -259,6 +260,8 @@ def decode_layout(qt) -> DecodeWeight:
         ts = qt.scales.reshape(-1).float().contiguous()
     else:
         scales = qt.scales.reshape(N, -1).t().contiguous()
+        if scales.dtype in (torch.float16, torch.bfloat16):     # the kernel reads FP32 scales:
+            scales = scales.float()                             # this conversion is exact
         if qt.zero_point is not None:
             zeros = qt.zero_point.reshape(N, -1).t().contiguous()
         if s_fmt == 0:

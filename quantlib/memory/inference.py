@@ -6,10 +6,11 @@ MXFP8 = 8 + 8/32 = 8.25, MXFP4 = 4 + 8/32 = 4.25, NVFP4 = 4 + 8/16 = 4.5 (its on
 per-tensor scale is 32 bits per tensor, negligible, and not counted). INT4 with one scale per
 group of 128 costs 4 + 32/128 = 4.25 bits with the FP32 scales `quantlib.recipes`' "int4_g128"
 keeps, and 4 + 16/128 = 4.125 bits with the FP16 scales GPTQ/AWQ-style checkpoints store
-(compressed-tensors' pack-quantized, Marlin); asymmetric ones add a 4-bit zero point per group,
-packed eight to an int32: 4 + 20/128 = 4.156 bits (AWQ; GPTQ's own format keeps these zero
-points even when symmetric). Element, scale format and block of the block formats come from
-`quantlib.recipes`, so the book has one definition of each.
+(compressed-tensors' pack-quantized, Marlin; the recipe "int4_g128_fp16"); asymmetric ones add
+a 4-bit zero point per group, packed eight to an int32: 4 + 20/128 = 4.156 bits (AWQ; GPTQ's
+own format keeps these zero points even when symmetric; the recipe "int4_g128_asym_fp16" holds
+them one byte each in memory, 4.1875 bits, and packs them on export). Element, scale format and
+block of the block formats come from `quantlib.recipes`, so the book has one definition of each.
 
 Weights need every parameter, MoE experts included (`param_count`); what a token reads at
 decode time is its active parameters (`param_count(..., active=True)`).

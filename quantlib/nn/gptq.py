@@ -22,7 +22,7 @@ from quantlib.nn.calibrate import check_finite_inputs, element_scales, fixed_ama
 from quantlib.packing import pack_nibbles
 from quantlib.qtensor import QuantizedTensor, quantize
 from quantlib.recipes import get_recipe
-from quantlib.scaling import blocked, group_amax, pad_to_blocks
+from quantlib.scaling import FLT_MAX, blocked, group_amax, pad_to_blocks
 
 
 def hessian(inputs: torch.Tensor) -> torch.Tensor:
@@ -158,7 +158,8 @@ def to_quantized(q: torch.Tensor, weight: torch.Tensor, recipe, replay) -> Quant
     s, z = ref.scales, ref.zero_point.float()
     qb, dims = blocked(pad_to_blocks(q, recipe), recipe)
     keep = tuple(1 if d in dims else m for d, m in enumerate(qb.shape))
-    codes = (torch.round(qb * (1.0 / s).reshape(keep)) + z.reshape(keep)).clamp(0, recipe.format.max)
+    r = torch.clamp(1.0 / s.float(), max=FLT_MAX)       # fp16/bf16 scales: r in float32
+    codes = (torch.round(qb * r.reshape(keep)) + z.reshape(keep)).clamp(0, recipe.format.max)
     codes = codes.to(torch.uint8).reshape(ref.codes.shape[:-1] + (-1,))
     if recipe.format.bits == 4:
         codes = pack_nibbles(codes)

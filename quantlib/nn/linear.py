@@ -66,6 +66,10 @@ CONFIGS: dict[str, QuantConfig] = {c.name: c for c in [
     _cfg("int4_channel", "int4_channel", None, "INT4 weights, one scale per output channel"),
     _cfg("int4_g128", "int4_g128", None, "INT4 symmetric weights, scale per group of 128"),
     _cfg("int4_g128_asym", "int4_g128_asym", None, "INT4 asymmetric weights (zero point), g128"),
+    _cfg("int4_g128_fp16", "int4_g128_fp16", None,
+         "INT4 symmetric weights, FP16 scale per group of 128 (GPTQ checkpoints)"),
+    _cfg("int4_g128_asym_fp16", "int4_g128_asym_fp16", None,
+         "INT4 asymmetric weights, FP16 scale + zero point, g128 (AWQ checkpoints)"),
     _cfg("w8a8_fp8", "fp8_e4m3_rowwise", "fp8_e4m3_rowwise",
          "FP8 E4M3 weights per channel, activations per token (dynamic)"),
     _cfg("w8a8_int8", "int8_channel", "int8_rowwise",
@@ -144,7 +148,7 @@ class QuantLinear(ExactUnderCasts):
 
     # float buffers that are part of the stored numbers, not of the compute dtype: `.half()`,
     # `.bfloat16()`, `.to(dtype)` change only the bias and the dequantized weight's dtype (which
-    # follows the input); these stay float32, exact
+    # follows the input); these keep their dtype (FP32, or a recipe's FP16/BF16 scales), exact
     _EXACT = ("weight_scales", "weight_tensor_scale", "act_amax", "smooth", "rotation")
 
     def _set_weight(self, qt: QuantizedTensor) -> None:
