@@ -30,21 +30,6 @@ def decode_fp8(c, FMT: tl.constexpr):
 
 
 @triton.jit
-def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
-    """Grouped ("super-grouping") program order: GROUP_M row tiles share each column tile
-    while it is in L2 (Triton tutorial 03)."""
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BN)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % width) % size_m)
-    pid_n = (pid % width) // size_m
-    return pid_m, pid_n
-
-
-@triton.jit
 def _store_out(c_ptr, acc, offs_m, offs_n, M, N, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr):
     ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
@@ -65,6 +50,12 @@ def _grouped_tile(tile_id, num_m, num_n, GROUP_M: tl.constexpr):
     first_m = (tile_id // width) * GROUP_M
     size_m = tl.minimum(num_m - first_m, GROUP_M)
     return first_m + ((tile_id % width) % size_m), (tile_id % width) // size_m
+
+
+@triton.jit
+def _tile_ids(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's output tile in grouped order (one program per tile)."""
+    return _grouped_tile(tl.program_id(0), tl.cdiv(M, BM), tl.cdiv(N, BN), GROUP_M)
 
 
 @triton.jit
